@@ -1,0 +1,200 @@
+"""Training: seeded, checkpointed every epoch, resumable, with progress and ETA.
+
+A run directory holds everything a run makes::
+
+    RUN/last.keras      model + optimizer state after the latest finished epoch (resume point)
+    RUN/best.keras      the epoch with the best validation accuracy (what ``export`` ships)
+    RUN/state.json      settings, finished epochs, best epoch and its accuracy
+    RUN/history.csv     loss and accuracy per epoch
+
+Selection uses the validation split only; the test split is never read here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relaxd.vision.preprocess import PreprocessSpec
+from relaxd_train.augment import AugmentSettings, build_augmenter
+from relaxd_train.data import Dataset
+
+CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
+
+
+@dataclass
+class TrainSettings:
+    arch: str = "relaxnet"
+    epochs: int = 45
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    class_weighting: str = "sqrt"
+    seed: int = 1
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
+        data = dict(data)
+        data["preprocess"] = PreprocessSpec.from_dict(data["preprocess"])
+        data["augment"] = AugmentSettings(**data["augment"])
+        return cls(**data)
+
+
+def class_weights(labels: np.ndarray, classes: int, method: str) -> np.ndarray:
+    """Per-class loss weights against imbalance (disgust: 436 images, happy: 7,215).
+
+    ``balanced`` is inverse frequency, ``sqrt`` its square root (a milder correction that
+    costs less overall accuracy), both normalised to a mean weight of 1 over the samples.
+    """
+    if method not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    if method == "none":
+        return np.ones(classes)
+    inverse = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / classes, 0.0)
+    weights = np.sqrt(inverse) if method == "sqrt" else inverse
+    return weights / (weights[labels].mean())
+
+
+def make_dataset(data: Dataset, settings: TrainSettings, training: bool, weights: np.ndarray | None = None):
+    import tensorflow as tf
+
+    classes = len(data.label_names)
+    onehot = np.eye(classes, dtype=np.float32)[data.labels]
+    if training:
+        sample_weights = (weights if weights is not None else np.ones(classes))[data.labels].astype(np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((data.images, onehot, sample_weights))
+        ds = ds.shuffle(len(data), seed=settings.seed, reshuffle_each_iteration=True)
+        ds = ds.batch(settings.batch_size, drop_remainder=True)
+        value_range = (0.0, 1.0) if settings.preprocess.normalisation == "unit" else (-1.0, 1.0)
+        augment = build_augmenter(settings.augment, value_range)
+        ds = ds.map(lambda x, y, w: (augment(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((data.images, onehot)).batch(256)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_model(model, settings: TrainSettings, steps_per_epoch: int) -> None:
+    import keras
+
+    total = settings.epochs * steps_per_epoch
+    warmup = min(settings.warmup_epochs * steps_per_epoch, total // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=settings.learning_rate * 0.1,
+        decay_steps=max(1, total - warmup),
+        alpha=0.01,
+        warmup_target=settings.learning_rate,
+        warmup_steps=warmup,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, Any]):
+    """A Keras callback that saves last/best each epoch, writes state + history, prints ETA."""
+    import keras
+
+    class ProgressAndCheckpoint(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.monotonic()
+            self.first_epoch = state["epochs_done"]
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            done = epoch + 1
+            val_acc = float(logs.get("val_accuracy", 0.0))
+            self.model.save(run_dir / "last.keras")
+            if val_acc > state["best_val_accuracy"]:
+                state["best_val_accuracy"] = val_acc
+                state["best_epoch"] = done
+                self.model.save(run_dir / "best.keras")
+            state["epochs_done"] = done
+            (run_dir / "state.json").write_text(json.dumps(state, indent=2))
+            history = run_dir / "history.csv"
+            new = not history.exists()
+            with history.open("a", newline="") as handle:
+                writer = csv.writer(handle)
+                if new:
+                    writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy"])
+                writer.writerow([done] + [f"{float(logs.get(k, float('nan'))):.5f}"
+                                          for k in ("loss", "accuracy", "val_loss", "val_accuracy")])
+            elapsed = time.monotonic() - self.started
+            per_epoch = elapsed / max(1, done - self.first_epoch)
+            eta = per_epoch * (settings.epochs - done)
+            print(
+                f"epoch {done}/{settings.epochs}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
+                f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {val_acc:.4f}"
+                f"  best {state['best_val_accuracy']:.4f}@{state['best_epoch']}"
+                f"  {per_epoch:.0f}s/epoch  ETA {eta / 60:.1f} min",
+                flush=True,
+            )
+
+    return ProgressAndCheckpoint()
+
+
+def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
+          resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a model; return the final state (best epoch, accuracy)."""
+    import keras
+
+    from relaxd_train.architectures import build, multiply_adds
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "state.json"
+    keras.utils.set_random_seed(settings.seed)
+    steps = len(train_data) // settings.batch_size
+    if resume and state_file.exists() and (run_dir / "last.keras").exists():
+        state = json.loads(state_file.read_text())
+        settings = TrainSettings.from_dict(state["settings"])
+        model = keras.models.load_model(run_dir / "last.keras")
+        print(f"resuming {run_dir} after epoch {state['epochs_done']}", flush=True)
+    else:
+        if state_file.exists() and not resume:
+            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --out")
+        size = settings.preprocess.input_size
+        model = build(settings.arch, size, len(train_data.label_names))
+        compile_model(model, settings, steps)
+        state = {
+            "settings": settings.to_dict(),
+            "labels": list(train_data.label_names),
+            "train_source": train_data.source,
+            "val_source": val_data.source,
+            "train_counts": train_data.class_counts(),
+            "params": int(model.count_params()),
+            "multiply_adds": multiply_adds(model),
+            "epochs_done": 0,
+            "best_epoch": 0,
+            "best_val_accuracy": 0.0,
+        }
+    print(f"{settings.arch}: {state['params']:,} parameters, {state['multiply_adds']:,} multiply-adds; "
+          f"train {len(train_data)} images, val {len(val_data)} images", flush=True)
+    weights = class_weights(train_data.labels, len(train_data.label_names), settings.class_weighting)
+    if state["epochs_done"] >= settings.epochs:
+        return state
+    model.fit(
+        make_dataset(train_data, settings, training=True, weights=weights),
+        validation_data=make_dataset(val_data, settings, training=False),
+        epochs=settings.epochs,
+        initial_epoch=state["epochs_done"],
+        callbacks=[progress_callback(run_dir, settings, state)],
+        verbose=0,
+    )
+    return state
