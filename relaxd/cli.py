@@ -1,0 +1,135 @@
+"""The ``relaxd`` command: global options, a table of subcommands, and exit codes.
+
+Adding a subcommand is adding one ``Command`` to ``COMMANDS``: its name, a help line,
+an optional function that adds its arguments, and a handler ``(args) -> exit code``.
+Before the handler runs, ``main`` has read ``--config`` (or taken the defaults) into
+``args.settings`` and configured logging. Handlers import heavy modules (OpenCV,
+TFLite) inside their body, so ``relaxd check-config`` stays fast on a Pi.
+
+Exit codes: 0 success; 1 the command failed; 2 usage or configuration error (any
+``RelaxdError`` becomes one ``relaxd: error: ...`` message, no traceback); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import structlog
+
+from relaxd import __version__
+from relaxd.config import changed_settings, load_settings, render_example
+from relaxd.errors import ConfigError, RelaxdError
+from relaxd.logs import FORMATS, LEVELS, configure_logging
+from relaxd.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``relaxd <name>`` subcommand."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", type=Path,
+                        help="the YAML file to check (default: the global --config file)")
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Validate a config file; print ``FILE: OK`` and the settings that differ from the defaults."""
+    path = args.file or args.config
+    if path is None:
+        raise ConfigError("check-config needs a file: relaxd check-config FILE (or relaxd --config FILE check-config)")
+    settings = load_settings(path)
+    changed = changed_settings(settings)
+    print(f"{path}: OK")
+    if not changed:
+        print("  every setting at its default")
+    else:
+        print(f"  {len(changed)} setting(s) differ from the defaults:")
+        for key, value in changed.items():
+            print(f"    {key} = {value!r}")
+    return EXIT_OK
+
+
+def example_config(args: argparse.Namespace) -> int:
+    """Print the documented example config (every key at its default)."""
+    sys.stdout.write(render_example())
+    return EXIT_OK
+
+
+def run_stub(args: argparse.Namespace) -> int:
+    # TODO(lead): replace with the daemon's entry point (capture -> vision -> affect -> control -> actuators).
+    print("relaxd run: not implemented yet", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+COMMANDS: list[Command] = [
+    Command("check-config", "validate a config file and show what it changes", check_config,
+            _add_check_config_arguments),
+    Command("example-config", "print a documented config file with every key at its default", example_config),
+    Command("run", "run the daemon (not implemented yet)", run_stub),
+]
+
+
+# --------------------------------------------------------------------------- frame
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The full parser: global options, then one subparser per entry of ``commands`` (default ``COMMANDS``)."""
+    commands = COMMANDS if commands is None else commands
+    parser = argparse.ArgumentParser(
+        prog="relaxd", description="Emotion-aware relaxation chair daemon and its tools.")
+    parser.add_argument("--version", action="version", version=f"relaxd {__version__}")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML config file (default: built-in defaults; see deploy/relaxd.example.yaml)")
+    parser.add_argument("--log-level", choices=list(LEVELS),
+                        help="override logging.level from the config")
+    parser.add_argument("--log-format", choices=FORMATS,
+                        help="override logging.format from the config (auto: console on a terminal, JSON otherwise)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.add_arguments is not None:
+            command.add_arguments(command_parser)
+        command_parser.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relaxd`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors: argparse already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        args.settings = load_settings(args.config) if args.config else Settings()
+        configure_logging(args.log_level or args.settings.logging.level,
+                          args.log_format or args.settings.logging.format)
+        log.debug("starting", command=args.command, version=__version__,
+                  config=str(args.config) if args.config else None)
+        return args.handler(args)
+    except RelaxdError as error:
+        print(f"relaxd: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("relaxd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
