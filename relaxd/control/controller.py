@@ -1,0 +1,656 @@
+"""The relaxation state machine: affect readings and a clock in, stimulus targets and events out.
+
+Pure logic: no I/O, no threads, no clock of its own. Every call takes ``now`` (monotonic
+seconds), so every rule is a fast unit test with plain floats as the clock.
+
+States::
+
+    idle ──start──▶ starting ──calibration_s──▶ running ◀──resume──▶ paused
+                        │  (baseline, no raises)   │   (operator, or no face)
+                        └───────── strong or sustained negative ──────────▶ halted
+    any state ──estop──▶ estopped (latched) ──reset_estop──▶ idle
+    any state ──fault──▶ fault ──clear_fault──▶ idle
+
+Rules (every number is a ``ControllerSettings`` field), after the relaxation-chair paper
+(Mačerauskas & Žigunovs): neutral keeps the stimulation, positive raises it a step,
+negative lowers or halts it and alerts the caregiver.
+
+* Raising is strict: positive must be read without a break for ``positive_hold_s`` while
+  running (time calibrating or paused does not count), at most one raise per
+  ``raise_interval_s``, never above the child's cap.
+* Lowering is eager: the first negative reading of an episode lowers at once, then at most
+  once per ``lower_interval_s``. An episode ends only after ``negative_release_s`` without a
+  negative reading, so a flickering label cannot keep resetting the halt timer.
+* A negative reading with confidence >= ``halt_confidence``, or an episode lasting
+  ``halt_after_s``, halts: a linear fade to off over ``halt_fade_s`` and a high-priority
+  ``adverse_reaction`` alert. Only the operator resumes, after ``halt_min_s``, at the child's
+  start intensity or the pre-halt one, whichever is lower.
+* No face for ``no_face_pause_s`` pauses at ``pause_intensity``; ``child_left_s`` later a
+  medium-priority ``child_left`` alert. The face back with non-negative affect for
+  ``resume_hold_s`` resumes at the intensity the session had. An operator pause waits for
+  the operator.
+* E-stop works from every state, never raises, zeroes every target at once (no fade) and
+  latches; ``reset_estop`` goes to idle and never restarts stimulation by itself. A fault
+  (e.g. no reading for ``reading_timeout_s``: the vision loop stalled) zeroes at once too.
+* The scenario clock runs only while starting or running, so a pause holds the programme.
+  A non-looping scenario's end, or an operator stop, fades out over ``stop_fade_s`` to idle.
+
+Every change is an ``Event`` with its reason; alerts carry a priority. Caps and ramp rates
+are enforced again by the actuator bank; the controller's own changes are whole steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from relaxd.control.scenarios import Scenario, StimulusTargets
+from relaxd.errors import ConfigError, RelaxdError
+from relaxd.settings import ControllerSettings
+
+if TYPE_CHECKING:
+    from relaxd.affect import AffectReading
+
+GROUPS = ("negative", "neutral", "positive")
+_OPERATOR, _NO_FACE = "operator", "no face"
+
+
+class ControlError(RelaxdError):
+    """Base class of the controller's errors."""
+
+
+class CommandRejected(ControlError):
+    """An operator command that the current state does not allow; nothing changed."""
+
+
+class ProfileError(ControlError, ValueError):
+    """A child profile has a missing or out-of-range value."""
+
+
+class State(str, Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    ESTOPPED = "estopped"
+    FAULT = "fault"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STIMULATING = frozenset({State.STARTING, State.RUNNING, State.PAUSED})  # where the affect rules apply
+
+
+class EventKind(str, Enum):
+    STARTED = "started"
+    CALIBRATED = "calibrated"
+    INTENSITY_RAISED = "intensity_raised"
+    INTENSITY_LOWERED = "intensity_lowered"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    CHILD_LEFT = "child_left"
+    ADVERSE_REACTION = "adverse_reaction"
+    STOPPED = "stopped"
+    SCENARIO_FINISHED = "scenario_finished"
+    ESTOP = "estop"
+    ESTOP_RESET = "estop_reset"
+    FAULT = "fault"
+    FAULT_CLEARED = "fault_cleared"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Priority(str, Enum):
+    """Alert priority; events without one are not alerts."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the controller did or noticed, and why."""
+
+    time: float
+    kind: EventKind
+    state_from: State
+    state_to: State
+    reason: str
+    priority: Optional[Priority] = None
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def is_alert(self) -> bool:
+        return self.priority is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly values (for the store, the socket and the panel)."""
+        return {
+            "time": self.time,
+            "kind": self.kind.value,
+            "state_from": self.state_from.value,
+            "state_to": self.state_to.value,
+            "reason": self.reason,
+            "priority": None if self.priority is None else self.priority.value,
+            "data": dict(self.data),
+        }
+
+
+@dataclass(frozen=True)
+class ChildProfile:
+    """What the controller knows about a child: a pseudonym and their limits. Never an image."""
+
+    pseudonym: str
+    intensity_cap: float = 0.6
+    start_intensity: float = 0.3
+    preferred_scenario: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pseudonym, str) or not self.pseudonym.strip():
+            raise ProfileError("a child profile needs a non-empty pseudonym (never the child's real name)")
+        for name in ("intensity_cap", "start_intensity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ProfileError(f"profile {self.pseudonym!r}: {name} must be a number within 0..1, got {value!r}")
+        if self.start_intensity > self.intensity_cap:
+            raise ProfileError(
+                f"profile {self.pseudonym!r}: start_intensity {self.start_intensity} is above its "
+                f"intensity_cap {self.intensity_cap}; lower the start or raise the cap"
+            )
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the actuators should do now: ``tick``'s answer."""
+
+    time: float
+    state: State
+    intensity: float  # the intensity applied to the targets (pause level and fades included)
+    targets: StimulusTargets  # already scaled by ``intensity``
+    scenario: Optional[str]
+    phase: Optional[str]
+    scenario_time_s: float
+    events: tuple[Event, ...] = ()
+
+
+class _ScenarioClock:
+    """Seconds of programme played: runs while starting or running, frozen otherwise."""
+
+    def __init__(self, now: float) -> None:
+        self._banked = 0.0
+        self._since: Optional[float] = now
+
+    def time(self, now: float) -> float:
+        return self._banked + (max(0.0, now - self._since) if self._since is not None else 0.0)
+
+    def freeze(self, now: float) -> None:
+        if self._since is not None:
+            self._banked = self.time(now)
+            self._since = None
+
+    def run(self, now: float) -> None:
+        if self._since is None:
+            self._since = now
+
+
+@dataclass(frozen=True)
+class _Fade:
+    """A linear fade to off of the applied intensity, holding the scenario's look at one moment."""
+
+    started: float
+    start_level: float
+    duration_s: float
+    scenario: Scenario
+    scenario_time_s: float
+
+    def level(self, now: float) -> float:
+        if self.duration_s <= 0.0:
+            return 0.0
+        return self.start_level * min(1.0, max(0.0, 1.0 - (now - self.started) / self.duration_s))
+
+    def done(self, now: float) -> bool:
+        return now - self.started >= self.duration_s
+
+
+@dataclass
+class _Session:
+    profile: ChildProfile
+    scenario: Scenario
+    clock: _ScenarioClock
+    calibrated: bool = False
+    baseline_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0.0))
+    baseline_readings: int = 0
+
+    def baseline(self) -> dict[str, float]:
+        """Mean group shares of the face readings seen while calibrating."""
+        n = self.baseline_readings
+        return {group: total / n for group, total in self.baseline_sums.items()} if n else {}
+
+
+@dataclass
+class _AffectTrack:
+    """The rules' memory: since when each ongoing kind of reading has lasted."""
+
+    negative_onset: Optional[float] = None  # start of the current negative episode
+    last_negative: Optional[float] = None
+    last_lower: Optional[float] = None
+    positive_since: Optional[float] = None  # unbroken positive readings since
+    last_raise: Optional[float] = None
+    no_face_since: Optional[float] = None
+    face_back_since: Optional[float] = None  # face present with non-negative affect since
+    child_left_alerted: bool = False
+
+
+class Controller:
+    """The relaxation state machine for one chair (see the module docstring for the rules)."""
+
+    def __init__(self, settings: ControllerSettings, scenarios: Mapping[str, Scenario]) -> None:
+        if not scenarios:
+            raise ConfigError("the controller needs at least one scenario; check control.scenarios_file")
+        if settings.default_scenario not in scenarios:
+            raise ConfigError(
+                f"control.default_scenario {settings.default_scenario!r} is not a loaded scenario; "
+                f"choose one of {sorted(scenarios)}"
+            )
+        self._settings = settings
+        self._scenarios = dict(scenarios)
+        self._state = State.IDLE
+        self._level = 0.0
+        self._session: Optional[_Session] = None
+        self._track = _AffectTrack()
+        self._fade: Optional[_Fade] = None
+        self._pause_cause: Optional[str] = None
+        self._halted_at = 0.0
+        self._level_at_halt = 0.0
+        self._last_reading_at = 0.0
+        self._pending_fault: Optional[str] = None  # a fault reported while e-stopped
+        self._now = -math.inf
+        self._events: list[Event] = []
+
+    # ----------------------------------------------------------------- read-only view
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def intensity(self) -> float:
+        """The session's working intensity, the value the rules step (0 when none)."""
+        return self._level
+
+    @property
+    def scenario(self) -> Optional[str]:
+        return self._session.scenario.name if self._session else None
+
+    @property
+    def scenario_names(self) -> list[str]:
+        return sorted(self._scenarios)
+
+    # ----------------------------------------------------------------- operator commands
+
+    def start(self, profile: ChildProfile, scenario_name: Optional[str], now: float) -> list[Event]:
+        """Begin a session; ``scenario_name`` None = the profile's preferred, else the default."""
+        self._advance(now)
+        self._require((State.IDLE,), "start a session")
+        name = scenario_name or profile.preferred_scenario or self._settings.default_scenario
+        if name not in self._scenarios:
+            raise CommandRejected(f"no scenario named {name!r}; choose one of {self.scenario_names}")
+        self._session = _Session(profile, self._scenarios[name], _ScenarioClock(now))
+        self._track = _AffectTrack()
+        self._fade = None
+        self._level = profile.start_intensity
+        self._last_reading_at = now
+        data = {"scenario": name, "pseudonym": profile.pseudonym, "intensity": self._level}
+        self._enter(State.STARTING, now, EventKind.STARTED, f"operator started '{name}'", data=data)
+        return self._take_events()
+
+    def pause(self, now: float) -> list[Event]:
+        """Operator pause: low intensity, programme held, until the operator resumes."""
+        self._advance(now)
+        self._require(tuple(STIMULATING), "pause")
+        self._pause(now, _OPERATOR, "operator paused")
+        return self._take_events()
+
+    def resume(self, now: float) -> list[Event]:
+        """Operator resume from a pause, or from a halt once ``halt_min_s`` has passed."""
+        self._advance(now)
+        self._require((State.PAUSED, State.HALTED), "resume")
+        if self._state == State.HALTED:
+            self._resume_after_halt(now)
+        else:
+            self._track.no_face_since = now if self._track.no_face_since is not None else None
+            self._resume(now, "operator resumed")
+        return self._take_events()
+
+    def stop(self, now: float) -> list[Event]:
+        """End the session with a fade-out; a no-op when idle."""
+        self._advance(now)
+        if self._state == State.IDLE:
+            return []
+        self._require((*STIMULATING, State.HALTED), "stop")
+        self._end_session(now, EventKind.STOPPED, "operator stopped")
+        return self._take_events()
+
+    def estop(self, now: float, source: str) -> list[Event]:
+        """Emergency stop from any state: every target zero at once, latched. Never raises."""
+        self._now = max(self._now, now)
+        self._fade = None
+        self._level = 0.0
+        self._enter(State.ESTOPPED, now, EventKind.ESTOP, f"emergency stop ({source})", Priority.HIGH, {"source": source})
+        self._session = None
+        return self._take_events()
+
+    def reset_estop(self, now: float) -> list[Event]:
+        """Release the latch: to idle (or to fault if one was reported meanwhile); never restarts."""
+        self._advance(now)
+        self._require((State.ESTOPPED,), "reset the emergency stop")
+        target = State.FAULT if self._pending_fault else State.IDLE
+        reason = "operator reset the emergency stop" + (f"; fault still active: {self._pending_fault}" if self._pending_fault else "")
+        self._enter(target, now, EventKind.ESTOP_RESET, reason)
+        return self._take_events()
+
+    def fault(self, now: float, reason: str) -> list[Event]:
+        """Something the chair depends on failed: every target zero at once. Never raises."""
+        self._now = max(self._now, now)
+        if self._state == State.ESTOPPED:
+            self._pending_fault = reason
+            self._emit(now, EventKind.FAULT, f"fault while e-stopped: {reason}", Priority.MEDIUM)
+        else:
+            self._to_fault(now, reason)
+        return self._take_events()
+
+    def clear_fault(self, now: float) -> list[Event]:
+        """The operator says the fault is fixed: to idle (or clears one noted while e-stopped)."""
+        self._advance(now)
+        if self._state == State.ESTOPPED and self._pending_fault:
+            self._pending_fault = None
+            self._emit(now, EventKind.FAULT_CLEARED, "operator cleared the fault (still e-stopped)")
+            return self._take_events()
+        self._require((State.FAULT,), "clear a fault")
+        self._pending_fault = None
+        self._enter(State.IDLE, now, EventKind.FAULT_CLEARED, "operator cleared the fault")
+        return self._take_events()
+
+    # ----------------------------------------------------------------- inputs and output
+
+    def on_reading(self, reading: "AffectReading", now: float) -> list[Event]:
+        """Apply the affect rules to one reading (ignored outside starting/running/paused)."""
+        self._advance(now)
+        self._last_reading_at = now
+        if self._state in STIMULATING:
+            self._note_baseline(reading)
+            self._apply_rules(reading, now)
+        self._check_timers(now)
+        return self._take_events()
+
+    def tick(self, now: float) -> Output:
+        """Time-driven transitions, then the targets for now; call at the control-loop rate."""
+        self._advance(now)
+        self._check_timers(now)
+        return self._output(now, tuple(self._take_events()))
+
+    def _output(self, now: float, events: tuple[Event, ...]) -> Output:
+        if self._state in STIMULATING:
+            assert self._session is not None
+            scenario, t_s = self._session.scenario, self._session.clock.time(now)
+        elif self._fade is not None:
+            scenario, t_s = self._fade.scenario, self._fade.scenario_time_s
+        else:
+            return Output(now, self._state, 0.0, StimulusTargets.off(), None, None, 0.0, events)
+        level = self._applied_level(now)
+        _, phase, _ = scenario.phase_at(t_s)
+        return Output(now, self._state, level, scenario.targets_at(t_s, level), scenario.name, phase.name, t_s, events)
+
+    def _applied_level(self, now: float) -> float:
+        """The intensity the actuators get: the working level, the pause level, or a fade."""
+        if self._state in (State.STARTING, State.RUNNING):
+            return self._level
+        if self._state == State.PAUSED:
+            return min(self._level, self._settings.pause_intensity)
+        return self._fade.level(now) if self._fade is not None else 0.0
+
+    # ----------------------------------------------------------------- affect rules
+
+    def _apply_rules(self, reading: "AffectReading", now: float) -> None:
+        group = reading.group if reading.face_present else "none"
+        if group not in GROUPS:
+            self._on_no_face(now)
+            return
+        self._track.no_face_since = None
+        self._track.child_left_alerted = False
+        if group == "negative":
+            self._on_negative(reading, now)
+        else:
+            self._on_calm(group, now)
+
+    def _on_no_face(self, now: float) -> None:
+        track = self._track
+        track.positive_since = None
+        track.face_back_since = None
+        if track.no_face_since is None:
+            track.no_face_since = now
+
+    def _on_negative(self, reading: "AffectReading", now: float) -> None:
+        track, settings = self._track, self._settings
+        track.positive_since = None
+        track.face_back_since = None
+        if track.last_negative is None or now - track.last_negative > settings.negative_release_s:
+            track.negative_onset = now
+        track.last_negative = now
+        assert track.negative_onset is not None
+        episode_s = now - track.negative_onset
+        data = {"label": reading.label, "confidence": reading.confidence, "episode_s": episode_s}
+        if reading.confidence >= settings.halt_confidence:
+            self._halt(now, f"strong negative reading ({reading.label}, confidence {reading.confidence:.2f} "
+                            f">= halt_confidence {settings.halt_confidence:.2f})", data)
+        elif episode_s >= settings.halt_after_s:
+            self._halt(now, f"negative for {episode_s:.1f} s (>= halt_after_s {settings.halt_after_s:g} s)", data)
+        elif self._may_lower(now):
+            self._step(now, -settings.step, EventKind.INTENSITY_LOWERED,
+                       f"negative reading ({reading.label}, confidence {reading.confidence:.2f})", data)
+            track.last_lower = now
+
+    def _on_calm(self, group: str, now: float) -> None:
+        """Neutral or positive: neutral keeps the intensity; sustained positive may raise it."""
+        track = self._track
+        if group == "positive":
+            track.positive_since = now if track.positive_since is None else track.positive_since
+        else:
+            track.positive_since = None
+        if track.face_back_since is None:
+            track.face_back_since = now
+        if self._may_auto_resume(now):
+            self._resume(now, f"face back with {group} affect for {now - track.face_back_since:.1f} s")
+        elif self._may_raise(now):
+            assert track.positive_since is not None
+            self._step(now, self._settings.step, EventKind.INTENSITY_RAISED,
+                       f"positive for {now - track.positive_since:.1f} s", {})
+            track.last_raise = now
+
+    def _may_lower(self, now: float) -> bool:
+        last = self._track.last_lower
+        return self._level > 0.0 and (last is None or now - last >= self._settings.lower_interval_s)
+
+    def _may_raise(self, now: float) -> bool:
+        track, settings = self._track, self._settings
+        assert self._session is not None
+        return (
+            self._state == State.RUNNING
+            and track.positive_since is not None
+            and now - track.positive_since >= settings.positive_hold_s
+            and (track.last_raise is None or now - track.last_raise >= settings.raise_interval_s)
+            and self._level < self._session.profile.intensity_cap
+        )
+
+    def _may_auto_resume(self, now: float) -> bool:
+        since = self._track.face_back_since
+        return (
+            self._state == State.PAUSED
+            and self._pause_cause == _NO_FACE
+            and since is not None
+            and now - since >= self._settings.resume_hold_s
+        )
+
+    def _step(self, now: float, delta: float, kind: EventKind, reason: str, data: Mapping[str, Any]) -> None:
+        """Change the working level by one step, within 0..the child's cap."""
+        assert self._session is not None
+        before = self._level
+        self._level = round(min(self._session.profile.intensity_cap, max(0.0, before + delta)), 9)
+        self._emit(now, kind, reason, data={**data, "from": before, "to": self._level})
+
+    def _note_baseline(self, reading: "AffectReading") -> None:
+        """While calibrating, average the face readings' group shares (reported, not acted on)."""
+        session = self._session
+        if self._state != State.STARTING or session is None or not reading.face_present:
+            return
+        for group in GROUPS:
+            session.baseline_sums[group] += float(reading.group_scores.get(group, 0.0))
+        session.baseline_readings += 1
+
+    # ----------------------------------------------------------------- time-driven rules
+
+    def _check_timers(self, now: float) -> None:
+        if self._state in STIMULATING and now - self._last_reading_at >= self._settings.reading_timeout_s:
+            self._to_fault(now, f"no affect reading for {now - self._last_reading_at:.1f} s "
+                                f"(reading_timeout_s {self._settings.reading_timeout_s:g} s): vision stalled")
+        self._check_calibrated(now)
+        self._check_no_face(now)
+        self._check_child_left(now)
+        self._check_finished(now)
+        if self._state == State.IDLE and self._fade is not None and self._fade.done(now):
+            self._fade = None
+
+    def _check_calibrated(self, now: float) -> None:
+        session = self._session
+        if self._state != State.STARTING or session is None:
+            return
+        if session.clock.time(now) >= self._settings.calibration_s:
+            session.calibrated = True
+            data = {"baseline": session.baseline(), "face_readings": session.baseline_readings}
+            self._enter(State.RUNNING, now, EventKind.CALIBRATED,
+                        f"calibrated for {self._settings.calibration_s:g} s", data=data)
+
+    def _check_no_face(self, now: float) -> None:
+        since = self._track.no_face_since
+        if self._state in (State.STARTING, State.RUNNING) and since is not None:
+            if now - since >= self._settings.no_face_pause_s:
+                self._pause(now, _NO_FACE, f"no face for {now - since:.1f} s")
+
+    def _check_child_left(self, now: float) -> None:
+        track, settings = self._track, self._settings
+        if self._state not in STIMULATING or track.no_face_since is None or track.child_left_alerted:
+            return
+        absent_s = now - track.no_face_since
+        if absent_s >= settings.no_face_pause_s + settings.child_left_s:
+            track.child_left_alerted = True
+            self._emit(now, EventKind.CHILD_LEFT, f"child left the chair: no face for {absent_s:.0f} s",
+                       Priority.MEDIUM, {"absent_s": absent_s})
+
+    def _check_finished(self, now: float) -> None:
+        session = self._session
+        if self._state in (State.STARTING, State.RUNNING) and session is not None:
+            if session.scenario.finished(session.clock.time(now)):
+                self._end_session(now, EventKind.SCENARIO_FINISHED, f"scenario '{session.scenario.name}' finished")
+
+    # ----------------------------------------------------------------- transitions
+
+    def _pause(self, now: float, cause: str, reason: str) -> None:
+        self._pause_cause = cause
+        self._enter(State.PAUSED, now, EventKind.PAUSED, reason, data={"cause": cause})
+
+    def _resume(self, now: float, reason: str) -> None:
+        assert self._session is not None
+        self._pause_cause = None
+        self._level = min(self._level, self._session.profile.intensity_cap)
+        target = State.RUNNING if self._session.calibrated else State.STARTING
+        self._enter(target, now, EventKind.RESUMED, reason, data={"intensity": self._level})
+
+    def _resume_after_halt(self, now: float) -> None:
+        assert self._session is not None
+        halted_s = now - self._halted_at
+        if halted_s < self._settings.halt_min_s:
+            raise CommandRejected(
+                f"halted {halted_s:.0f} s ago after an adverse reaction: resume is allowed after "
+                f"halt_min_s = {self._settings.halt_min_s:g} s; check on the child first"
+            )
+        self._level = min(self._session.profile.start_intensity, self._level_at_halt)
+        self._fade = None
+        self._track = _AffectTrack()
+        self._last_reading_at = now
+        self._resume(now, f"operator resumed {halted_s:.0f} s after the halt")
+
+    def _halt(self, now: float, reason: str, data: Mapping[str, Any]) -> None:
+        """Adverse reaction: fade to off over halt_fade_s, high-priority alert."""
+        session = self._session
+        assert session is not None
+        self._fade = _Fade(now, self._applied_level(now), self._settings.halt_fade_s,
+                           session.scenario, session.clock.time(now))
+        self._halted_at = now
+        self._level_at_halt = self._level
+        self._enter(State.HALTED, now, EventKind.ADVERSE_REACTION, reason, Priority.HIGH, data)
+
+    def _end_session(self, now: float, kind: EventKind, reason: str) -> None:
+        """To idle with a fade-out (a halt's fade, already under way, continues)."""
+        session = self._session
+        if self._fade is None and session is not None:
+            self._fade = _Fade(now, self._applied_level(now), self._settings.stop_fade_s,
+                               session.scenario, session.clock.time(now))
+        self._enter(State.IDLE, now, kind, reason)
+        self._session = None
+        self._level = 0.0
+
+    def _to_fault(self, now: float, reason: str) -> None:
+        self._fade = None
+        self._level = 0.0
+        self._enter(State.FAULT, now, EventKind.FAULT, reason, Priority.MEDIUM, {"reason": reason})
+        self._session = None
+
+    def _enter(self, state: State, now: float, kind: EventKind, reason: str,
+               priority: Optional[Priority] = None, data: Optional[Mapping[str, Any]] = None) -> None:
+        """Change state (the scenario clock runs only while starting or running) and record why."""
+        before, self._state = self._state, state
+        if state == State.RUNNING and before != State.RUNNING and self._track.positive_since is not None:
+            self._track.positive_since = now  # a raise needs positive_hold_s of positive while running
+        if self._session is not None:
+            if state in (State.STARTING, State.RUNNING):
+                self._session.clock.run(now)
+            else:
+                self._session.clock.freeze(now)
+        self._events.append(Event(now, kind, before, state, reason, priority, MappingProxyType(dict(data or {}))))
+
+    def _emit(self, now: float, kind: EventKind, reason: str, priority: Optional[Priority] = None,
+              data: Optional[Mapping[str, Any]] = None) -> None:
+        """Record an event that leaves the state as it is."""
+        self._events.append(Event(now, kind, self._state, self._state, reason, priority,
+                                  MappingProxyType(dict(data or {}))))
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _advance(self, now: float) -> None:
+        if not math.isfinite(now) or now < self._now:
+            raise ControlError(f"time must be finite and never go backwards: got now={now} after {self._now}; "
+                               "pass time.monotonic() values")
+        self._now = now
+
+    def _require(self, allowed: tuple[State, ...], command: str) -> None:
+        if self._state in allowed:
+            return
+        hint = {
+            State.ESTOPPED: "; reset the emergency stop first",
+            State.FAULT: "; clear the fault first",
+            State.IDLE: "; start a session first",
+        }.get(self._state, "")
+        raise CommandRejected(f"cannot {command} while {self._state}{hint}")
+
+    def _take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
