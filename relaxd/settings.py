@@ -68,9 +68,103 @@ class AffectSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = choice("info", ("debug", "info", "warning", "error"))
+    level: str = choice("info", ("debug", "info", "warning", "error"), "least severe message that is logged")
     format: str = choice("auto", ("auto", "json", "console"),
                          "auto: readable on a terminal, JSON lines otherwise (journald)")
+
+
+@dataclass(frozen=True)
+class SafetySettings:
+    estop_pin: int = ranged(-1, -1, 27, "BCM GPIO of the normally-closed e-stop contact (to GND, internal "
+                            "pull-up; open circuit = stop); -1 = no button (simulation only)")
+    watchdog_deadline_s: float = ranged(0.5, 0.05, 10.0, "the control loop must run at least this often, "
+                                        "else every output goes off")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    relay_pin: int = ranged(-1, -1, 27, "BCM GPIO of the buzzer / nurse-call relay; -1 = no relay")
+    relay_active_high: bool = field(default=True, metadata={"doc": "false for relay boards that switch on a low input"})
+    relay_min_priority: str = choice("medium", ("high", "medium", "low"),
+                                     "the relay is on while an unacknowledged alert of this priority or higher exists")
+    relay_pulse_s: float = ranged(0.0, 0.0, 10.0, "0 = relay steadily on; above 0 = on/off with this half-period (buzzer)")
+    webhook_url: str = text("", "http(s) URL that receives each alert and acknowledgement as a JSON POST; empty = none")
+    webhook_timeout_s: float = ranged(5.0, 0.5, 60.0, "wait this long for the webhook's answer")
+    webhook_retry_initial_s: float = ranged(1.0, 0.01, 600.0, "first wait before resending a failed webhook message")
+    webhook_retry_max_s: float = ranged(300.0, 0.01, 3600.0, "longest wait between resends (exponential back-off cap)")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    path: str = text("~/.local/share/relaxd/relaxd.db",
+                     "the SQLite session record; on the Pi /var/lib/relaxd/relaxd.db")
+    busy_timeout_s: float = ranged(5.0, 0.1, 60.0, "wait this long for another process's write lock")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The relaxation state machine (relaxd.control.controller): every threshold and time."""
+
+    scenarios_file: str = text("", "scenario YAML file; empty = the shipped default scenarios")
+    default_scenario: str = text("calm-sea", "scenario used when neither the operator nor the child's profile names one")
+    calibration_s: float = ranged(15.0, 0.0, 300.0, "starting: seconds of baseline affect at the start level before the rules may raise")
+    step: float = ranged(0.1, 0.01, 0.5, "intensity change of one raise or lower (intensity is 0..1)")
+    positive_hold_s: float = ranged(5.0, 0.5, 120.0, "positive must be read without a break this long before a raise")
+    raise_interval_s: float = ranged(20.0, 1.0, 600.0, "at most one raise per this many seconds")
+    lower_interval_s: float = ranged(2.0, 0.2, 60.0, "at most one lower per this many seconds (the first negative reading acts at once)")
+    negative_release_s: float = ranged(2.0, 0.0, 30.0, "a negative episode ends after this long without a negative reading (bridges flicker)")
+    halt_confidence: float = ranged(0.85, 0.5, 1.0, "a negative reading at least this confident halts at once")
+    halt_after_s: float = ranged(6.0, 1.0, 120.0, "a negative episode lasting this long halts")
+    halt_fade_s: float = ranged(3.0, 0.5, 30.0, "halt: fade from the current intensity to off over this many seconds")
+    halt_min_s: float = ranged(30.0, 0.0, 3600.0, "after a halt the operator may resume only after this many seconds")
+    no_face_pause_s: float = ranged(3.0, 0.5, 60.0, "no face for this long pauses at pause_intensity")
+    child_left_s: float = ranged(20.0, 1.0, 600.0, "still no face this long after the pause: 'child left the chair' alert")
+    pause_intensity: float = ranged(0.1, 0.0, 0.5, "intensity while paused (never above the session's own)")
+    resume_hold_s: float = ranged(2.0, 0.0, 60.0, "face back with non-negative affect this long resumes a no-face pause")
+    stop_fade_s: float = ranged(5.0, 0.0, 60.0, "operator stop or scenario end: fade to off over this many seconds")
+    reading_timeout_s: float = ranged(3.0, 0.5, 60.0, "no affect reading at all this long while stimulating = fault (vision stalled)")
+
+
+@dataclass(frozen=True)
+class ActuatorSettings:
+    """The outputs (relaxd.actuators): which hardware drives each, its limits and ramps."""
+
+    light_backend: str = choice("simulated", ("simulated", "gpio", "serial"),
+                                "RGB light: simulated (records only), gpio (Pi PWM pins), serial (microcontroller)")
+    sound_backend: str = choice("simulated", ("simulated", "pygame"), "sound: simulated, or pygame.mixer")
+    vibration_backend: str = choice("simulated", ("simulated", "gpio", "serial"),
+                                    "vibration motor: simulated, gpio (Pi PWM pin), serial (microcontroller)")
+    light_red_pin: int = ranged(17, 0, 27, "gpio: BCM GPIO driving the red MOSFET gate")
+    light_green_pin: int = ranged(27, 0, 27, "gpio: BCM GPIO driving the green MOSFET gate")
+    light_blue_pin: int = ranged(22, 0, 27, "gpio: BCM GPIO driving the blue MOSFET gate")
+    light_pwm_hz: float = ranged(1000.0, 50.0, 10000.0, "gpio: LED PWM frequency (low values band in the camera image)")
+    vibration_pin: int = ranged(12, 0, 27, "gpio: BCM GPIO driving the vibration motor driver")
+    vibration_pwm_hz: float = ranged(200.0, 20.0, 20000.0, "gpio: motor PWM frequency")
+    sound_source: str = choice("pink", ("pink", "tone", "pulse", "file"),
+                               "pygame: generated pink noise, soft tone, slow pulse, or sound_file")
+    sound_file: str = text("", "pygame: music file (OGG, MP3, WAV) played in a loop when sound_source is file")
+    tone_hz: float = ranged(174.0, 40.0, 2000.0, "pygame: pitch of the generated tone and pulse")
+    pulse_hz: float = ranged(0.1, 0.02, 2.0, "pygame: swells per second of the pulse (0.1 = six breaths a minute)")
+    sample_rate: int = ranged(44100, 8000, 96000, "pygame: mixer sample rate in Hz")
+    serial_port: str = text("/dev/ttyACM0", "serial: the microcontroller's port")
+    serial_baud: int = ranged(115200, 1200, 2000000, "serial: baud rate (must match the firmware)")
+    serial_ack_timeout_s: float = ranged(0.3, 0.01, 5.0, "serial: resend a command not acknowledged within this time")
+    serial_retries: int = ranged(2, 0, 10, "serial: resends of an unacknowledged command before the link counts as lost")
+    serial_heartbeat_s: float = ranged(0.5, 0.05, 10.0, "serial: send a heartbeat after this long without sending anything")
+    serial_link_timeout_s: float = ranged(1.5, 0.1, 30.0, "serial: no valid line from the microcontroller this long = link lost")
+    serial_handshake_timeout_s: float = ranged(3.0, 0.1, 30.0, "serial: keep sending HELLO this long (boards that reset on open)")
+    serial_deadman_ms: int = ranged(1500, 100, 10000, "serial: the firmware turns every output off after this long without a valid line")
+    max_light: float = ranged(1.0, 0.0, 1.0, "ceiling of the light brightness, whatever the scenario or child asks")
+    max_sound: float = ranged(0.8, 0.0, 1.0, "ceiling of the sound volume")
+    max_vibration: float = ranged(0.8, 0.0, 1.0, "ceiling of the vibration level")
+    light_ramp_up_per_s: float = ranged(0.1, 0.001, 10.0, "fastest rise of the light brightness, per second")
+    sound_ramp_up_per_s: float = ranged(0.1, 0.001, 10.0, "fastest rise of the sound volume, per second")
+    vibration_ramp_up_per_s: float = ranged(0.1, 0.001, 10.0, "fastest rise of the vibration level, per second")
+    ramp_down_per_s: float = ranged(0.5, 0.01, 100.0, "fastest fall of any level, per second (e-stop ignores it)")
+    color_ramp_per_s: float = ranged(0.2, 0.001, 10.0, "fastest change of each colour component, per second")
+    max_step_s: float = ranged(0.25, 0.01, 5.0, "a ramp step uses at most this much time, so a late update never jumps")
+    all_off_lock_wait_s: float = ranged(0.05, 0.0, 1.0, "all-off waits at most this long for a running update before writing zeros anyway")
+    history_len: int = ranged(1000, 10, 100000, "simulated outputs remember this many changes")
 
 
 @dataclass(frozen=True)
@@ -80,3 +174,8 @@ class Settings:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     affect: AffectSettings = field(default_factory=AffectSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    control: ControllerSettings = field(default_factory=ControllerSettings)
+    actuators: ActuatorSettings = field(default_factory=ActuatorSettings)
+    safety: SafetySettings = field(default_factory=SafetySettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
