@@ -75,6 +75,43 @@ def example_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", help="video file to replay, or 'demo' for the generated demo clip")
+    parser.add_argument("--model", type=Path, help="model .tflite (default: classifier.model, else the shipped one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (frames, fps, stage_ms, labels, timeline)")
+    parser.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="write the clip with face box and label drawn")
+    parser.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per frame")
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Run the daemon's vision path over a clip as fast as possible and summarise it."""
+    import dataclasses
+    import json
+
+    from relaxd.demo import ensure_demo_clip
+    from relaxd.replay import replay
+
+    settings: Settings = args.settings
+    if args.model is not None:
+        settings = dataclasses.replace(
+            settings, classifier=dataclasses.replace(settings.classifier, model=str(args.model)))
+    video = ensure_demo_clip(demo_cache_dir()) if args.video == "demo" else Path(args.video)
+    summary = replay(video, settings, annotate_to=args.annotate, csv_to=args.csv)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.describe())
+    return EXIT_OK
+
+
+def demo_cache_dir() -> Path:
+    """Where the generated demo clip is kept (it is synthetic: no child's image)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "relaxd"
+
+
 def run_stub(args: argparse.Namespace) -> int:
     # TODO(lead): replace with the daemon's entry point (capture -> vision -> affect -> control -> actuators).
     print("relaxd run: not implemented yet", file=sys.stderr)
@@ -85,6 +122,8 @@ COMMANDS: list[Command] = [
     Command("check-config", "validate a config file and show what it changes", check_config,
             _add_check_config_arguments),
     Command("example-config", "print a documented config file with every key at its default", example_config),
+    Command("replay", "run the vision path over a video file as fast as possible and summarise it",
+            replay_command, _add_replay_arguments),
     Command("run", "run the daemon (not implemented yet)", run_stub),
 ]
 

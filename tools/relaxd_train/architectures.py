@@ -11,24 +11,32 @@
 
 Each builder takes the input size and number of classes and returns an uncompiled
 ``keras.Model`` whose output is a softmax over the classes.
+
+Keras is imported inside the functions: the CLI lists ``ARCHITECTURES`` for its
+``--arch`` choices, and ``--help`` must not wait the seconds TensorFlow takes to load.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-import keras
-from keras import layers
+if TYPE_CHECKING:
+    import keras
 
 
-def conv_bn_relu(x, filters: int, kernel: int = 3, name: str = ""):
+def conv_bn_relu(x: Any, filters: int, kernel: int = 3, name: str = "") -> Any:
+    from keras import layers
+
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def squeeze_excite(x, ratio: int = 8, name: str = ""):
+def squeeze_excite(x: Any, ratio: int = 8, name: str = "") -> Any:
     """SE block (Hu et al.): reweight channels from their global average."""
+    from keras import layers
+
     channels = x.shape[-1]
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
     s = layers.Conv2D(max(4, channels // ratio), 1, activation="relu", name=f"{name}_se_reduce")(s)
@@ -36,8 +44,14 @@ def squeeze_excite(x, ratio: int = 8, name: str = ""):
     return layers.Multiply(name=f"{name}_se_scale")([x, s])
 
 
-def cbam(x, ratio: int = 8, name: str = ""):
-    """CBAM (Woo et al.): channel attention, then a 7x7 spatial attention map."""
+def cbam(x: Any, ratio: int = 8, name: str = "") -> Any:
+    """CBAM (Woo et al.): channel attention, then a 7x7 spatial attention map.
+
+    The channel mean and max are ``keras.ops`` calls, not ``Lambda`` layers, so a
+    saved checkpoint loads again (Keras refuses to deserialise Python lambdas).
+    """
+    from keras import layers, ops
+
     channels = x.shape[-1]
     reduce = layers.Dense(max(4, channels // ratio), activation="relu", name=f"{name}_ca_reduce")
     expand = layers.Dense(channels, name=f"{name}_ca_expand")
@@ -45,14 +59,16 @@ def cbam(x, ratio: int = 8, name: str = ""):
     mx = expand(reduce(layers.GlobalMaxPooling2D(name=f"{name}_ca_max")(x)))
     ca = layers.Activation("sigmoid", name=f"{name}_ca_sigmoid")(layers.Add(name=f"{name}_ca_add")([avg, mx]))
     x = layers.Multiply(name=f"{name}_ca_scale")([x, layers.Reshape((1, 1, channels))(ca)])
-    avg_map = layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True), name=f"{name}_sa_avg")(x)
-    max_map = layers.Lambda(lambda t: keras.ops.max(t, axis=-1, keepdims=True), name=f"{name}_sa_max")(x)
+    avg_map = ops.mean(x, axis=-1, keepdims=True)
+    max_map = ops.max(x, axis=-1, keepdims=True)
     sa = layers.Concatenate(name=f"{name}_sa_cat")([avg_map, max_map])
     sa = layers.Conv2D(1, 7, padding="same", activation="sigmoid", name=f"{name}_sa_conv")(sa)
     return layers.Multiply(name=f"{name}_sa_scale")([x, sa])
 
 
-def dense_head(x, units: tuple[int, ...], classes: int, dropout: float):
+def dense_head(x: Any, units: tuple[int, ...], classes: int, dropout: float) -> Any:
+    from keras import layers
+
     for i, width in enumerate(units):
         x = layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
         if dropout:
@@ -61,6 +77,9 @@ def dense_head(x, units: tuple[int, ...], classes: int, dropout: float):
 
 
 def build_model1(size: int, classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input((size, size, 1), name="face")
     x = layers.Conv2D(32, 3, activation="relu", padding="same", name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -71,7 +90,9 @@ def build_model1(size: int, classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="model1")
 
 
-def vgg_backbone(inputs, widths: tuple[int, ...], attention: Callable | None, dropout: float):
+def vgg_backbone(inputs: Any, widths: tuple[int, ...], attention: Callable | None, dropout: float) -> Any:
+    from keras import layers
+
     x = inputs
     for block, width in enumerate(widths, start=1):
         x = conv_bn_relu(x, width, name=f"b{block}c1")
@@ -85,6 +106,9 @@ def vgg_backbone(inputs, widths: tuple[int, ...], attention: Callable | None, dr
 
 
 def build_model2(size: int, classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input((size, size, 1), name="face")
     x = vgg_backbone(inputs, (32, 64, 128, 256), attention=None, dropout=0.25)
     x = layers.Flatten(name="flatten")(x)
@@ -93,6 +117,9 @@ def build_model2(size: int, classes: int) -> keras.Model:
 
 
 def build_se(size: int, classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input((size, size, 1), name="face")
     x = vgg_backbone(inputs, (32, 64, 128, 256), attention=squeeze_excite, dropout=0.2)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
@@ -101,6 +128,9 @@ def build_se(size: int, classes: int) -> keras.Model:
 
 
 def build_cbam(size: int, classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input((size, size, 1), name="face")
     x = vgg_backbone(inputs, (32, 64, 128, 256), attention=cbam, dropout=0.2)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
@@ -114,9 +144,12 @@ RELAXNET_WIDTHS = (32, 64, 128, 192)
 def build_relaxnet(size: int, classes: int, widths: tuple[int, ...] = RELAXNET_WIDTHS) -> keras.Model:
     """VGG-style, BatchNorm, SE on the two deepest blocks, global pooling, one dense layer.
 
-    The first block runs a single conv at full resolution (the most expensive place in
-    the network) and the deepest block stays narrow so the int8 file stays under 1 MB.
+    The first block (two narrow convs at full resolution) is where most multiply-adds
+    go; the deepest block stays narrow so the int8 file stays under 1 MB.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input((size, size, 1), name="face")
     x = conv_bn_relu(inputs, widths[0], name="b1c1")
     x = conv_bn_relu(x, widths[0], name="b1c2")
@@ -152,6 +185,8 @@ def build(name: str, size: int, classes: int) -> keras.Model:
 
 def multiply_adds(model: keras.Model) -> int:
     """Multiply-accumulate operations of one forward pass (convolutions and dense layers)."""
+    from keras import layers
+
     total = 0
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):
@@ -162,3 +197,38 @@ def multiply_adds(model: keras.Model) -> int:
         elif isinstance(layer, layers.Dense):
             total += layer.input.shape[-1] * layer.units
     return int(total)
+
+
+def load_checkpoint(path: Path) -> keras.Model:
+    """A run's ``.keras`` checkpoint, or a ``FileNotFoundError`` naming it and the fix."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: pass a run's best.keras or last.keras (train-and-export train writes them)"
+        )
+    return keras.models.load_model(path)
+
+
+def feature_layer_count(model: keras.Model) -> int:
+    """How many leading layers make the feature extractor: everything up to and including
+    the last layer with a spatial (4-D) output; the rest is the classification head."""
+    count = 0
+    for index, layer in enumerate(model.layers):
+        if len(layer.output.shape) == 4:
+            count = index + 1
+    return count
+
+
+def gradcam_layer(model: keras.Model) -> str:
+    """The layer whose output is the last convolutional feature map (Grad-CAM's target):
+    the deepest 4-D output larger than 1x1, not counting pooling and dropout."""
+    from keras import layers
+
+    skip = (layers.MaxPooling2D, layers.AveragePooling2D, layers.Dropout, layers.InputLayer)
+    names = [layer.name for layer in model.layers
+             if len(layer.output.shape) == 4 and min(layer.output.shape[1:3]) > 1 and not isinstance(layer, skip)]
+    if not names:
+        raise ValueError(f"model {model.name!r} has no convolutional feature map to explain")
+    return names[-1]

@@ -4,15 +4,19 @@
 (N, S, S, 1) float32 (in the contract's value range) to an augmented batch of the same
 shape and dtype; labels are never touched, so their order is kept. It runs inside the
 ``tf.data`` pipeline on whole batches.
+
+TensorFlow is imported inside the functions, so ``AugmentSettings`` (which the CLI
+needs to build its flags) costs nothing to import.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Callable
 
-import keras
-import tensorflow as tf
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclass
@@ -43,6 +47,8 @@ class AugmentSettings:
 
 def random_erasing(images: tf.Tensor, probability: float) -> tf.Tensor:
     """Zhong et al.: blank a random rectangle (2-33% of the area) in some images."""
+    import tensorflow as tf
+
     shape = tf.shape(images)
     n, h, w = shape[0], shape[1], shape[2]
     area = tf.random.uniform([n], 0.02, 0.33)
@@ -63,6 +69,8 @@ def random_erasing(images: tf.Tensor, probability: float) -> tf.Tensor:
 
 def gaussian_blur(images: tf.Tensor, probability: float) -> tf.Tensor:
     """A 3x3 Gaussian blur on a random share of the batch."""
+    import tensorflow as tf
+
     kernel = tf.constant([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
     blurred = tf.nn.depthwise_conv2d(images, kernel[:, :, None, None], [1, 1, 1, 1], "SAME")
     apply = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < probability
@@ -71,6 +79,8 @@ def gaussian_blur(images: tf.Tensor, probability: float) -> tf.Tensor:
 
 def jpeg_recompress(images: tf.Tensor, quality_min: int, low: float, high: float) -> tf.Tensor:
     """Re-encode each image as JPEG at a random quality (camera/compression artefacts)."""
+    import tensorflow as tf
+
     def one(image: tf.Tensor) -> tf.Tensor:
         pixels = tf.image.convert_image_dtype((image - low) / (high - low), tf.uint8, saturate=True)
         pixels = tf.image.random_jpeg_quality(pixels, quality_min, 95)
@@ -78,8 +88,12 @@ def jpeg_recompress(images: tf.Tensor, quality_min: int, low: float, high: float
     return tf.map_fn(one, images)
 
 
-def build_augmenter(settings: AugmentSettings, value_range: tuple[float, float] = (0.0, 1.0)):
+def build_augmenter(settings: AugmentSettings,
+                    value_range: tuple[float, float] = (0.0, 1.0)) -> Callable[["tf.Tensor"], "tf.Tensor"]:
     """A batch-to-batch function applying the switched-on augmentations in a fixed order."""
+    import keras
+    import tensorflow as tf
+
     low, high = value_range
     geometric: list[keras.layers.Layer] = []
     if settings.flip:

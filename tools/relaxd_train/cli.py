@@ -1,20 +1,41 @@
-"""``train-and-export``: command-line entry point; one subcommand per job."""
+"""train-and-export: train, export, evaluate, explain and fine-tune the chair's emotion model.
+
+Subcommands: train, export, evaluate, saliency, finetune, info. Run one with --help.
+TensorFlow is imported only inside the commands that need it, so --help is instant.
+"""
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: no C++ info/warning spam
+
 import argparse
+import json
+import shlex
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
+from relaxd.errors import RelaxdError
+from relaxd.logs import configure_logging
 from relaxd.vision.preprocess import PreprocessSpec
+from relaxd_train.architectures import ARCHITECTURES
 from relaxd_train.augment import AugmentSettings
-from relaxd_train.data import DataError
+from relaxd_train.train import CLASS_WEIGHTINGS, TrainSettings
+
+
+def on_off(value: str) -> bool:
+    """Parse an on|off flag value strictly (a typo must not silently mean off)."""
+    key = value.strip().lower()
+    if key in ("1", "true", "yes", "on"):
+        return True
+    if key in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from relaxd_train.architectures import ARCHITECTURES
-    from relaxd_train.train import CLASS_WEIGHTINGS, TrainSettings
-
     defaults = TrainSettings()
     p = sub.add_parser("train", help="train a model from scratch (or --resume an interrupted run)")
     p.add_argument("--data", type=Path, required=True,
@@ -30,14 +51,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="imbalance handling: inverse-frequency weights (balanced), their square root, or none")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--input-size", type=int, default=defaults.preprocess.input_size)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (with the run's own settings)")
     aug = p.add_argument_group("augmentation (0 switches a part off)")
     for name in AugmentSettings.names():
         default = getattr(AugmentSettings(), name)
         flag = "--aug-" + name.replace("_", "-")
         if isinstance(default, bool):
-            aug.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=default,
-                             metavar="on|off")
+            aug.add_argument(flag, type=on_off, default=default, metavar="on|off")
         else:
             aug.add_argument(flag, type=type(default), default=default)
     p.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
@@ -45,11 +66,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from relaxd_train.data import load_split
-    from relaxd_train.train import TrainSettings, train
+    from relaxd_train.train import train
 
     augment = AugmentSettings.none() if args.no_augment else AugmentSettings(
         **{name: getattr(args, "aug_" + name) for name in AugmentSettings.names()})
     spec = PreprocessSpec(input_size=args.input_size)
+    state_file = args.out / "state.json"
+    if args.resume and state_file.is_file():  # a resumed run keeps the contract it was trained with
+        spec = TrainSettings.from_dict(json.loads(state_file.read_text())["settings"]).preprocess
     settings = TrainSettings(
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -63,21 +87,178 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from relaxd_train.export import ExportSettings
+
+    d = ExportSettings(Path(), Path(), Path())
+    p = sub.add_parser("export", help="convert a checkpoint to the chair's int8 .tflite + metadata JSON, checked on val")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.keras (state.json beside it is read)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="the training data set: val is evaluated, train calibrates the int8 ranges")
+    p.add_argument("--out", type=Path, required=True, help="models/NAME.tflite (NAME.json is written beside it)")
+    p.add_argument("--name", default=d.name, help="model name in the metadata (default: the file name)")
+    p.add_argument("--version", default=d.version, help="model version (default: today's date)")
+    p.add_argument("--crop-margin", type=float, default=d.crop_margin,
+                   help="face-box margin the daemon crops with (default: the run's preprocess spec)")
+    p.add_argument("--representative", type=int, default=d.representative, metavar="N",
+                   help="training images (seeded sample) that calibrate the int8 ranges")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the calibration sample")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="average the predictions on the face and its mirror image (doubles latency per face)")
+    p.add_argument("--float", dest="float32", action="store_true", help="export float32 instead of int8")
+    p.add_argument("--max-loss", type=float, default=d.max_drop_points, metavar="POINTS",
+                   help="refuse the export if the file loses more 7-class accuracy points on val than this")
+    p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed invokes for the median latency")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from relaxd_train.export import ExportSettings, export, format_summary
+
+    settings = ExportSettings(
+        checkpoint=args.checkpoint, data=args.data, out=args.out, name=args.name, version=args.version,
+        crop_margin=args.crop_margin, representative=args.representative, seed=args.seed,
+        tta_flip=args.tta_flip, float32=args.float32, max_drop_points=args.max_loss,
+        latency_runs=args.latency_runs,
+    )
+    meta = export(settings, command=args.command_line)
+    print(format_summary(meta, args.out))
+    return 0
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a .tflite on labelled images through the daemon's own code",
+                       description="Evaluate a .tflite (with its .json) on a labelled data set: a FER2013 CSV, "
+                                   "class folders, or split folders. Nothing is written unless --out-dir is given.")
+    p.add_argument("--model", type=Path, required=True, help="the .tflite file (its .json beside it)")
+    p.add_argument("--data", type=Path, required=True, help="FER2013 CSV, DIR/<class>/ or DIR/{train,val,test}/<class>/")
+    p.add_argument("--split", choices=("train", "val", "test"), default="val",
+                   help="which split of a CSV or split-folder data set (plain class folders are used whole)")
+    p.add_argument("--detect-faces", action="store_true",
+                   help="images are whole photos: find the face with the daemon's detector first "
+                        "(a photo with no face found counts as wrong)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    p.add_argument("--out-dir", type=Path,
+                   help="also write confusion.png and report.json here (default: write nothing)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from relaxd_train.evaluate import evaluate_model, format_report, write_outputs
+
+    if args.json:  # stdout carries the JSON only: anything a library prints goes to stderr
+        with redirect_stdout(sys.stderr):
+            report = evaluate_model(args.model, args.data, args.split, args.detect_faces)
+            written = write_outputs(report, args.out_dir) if args.out_dir else []
+        print(json.dumps(report))
+        return 0
+    report = evaluate_model(args.model, args.data, args.split, args.detect_faces)
+    print(format_report(report))
+    for path in write_outputs(report, args.out_dir) if args.out_dir else []:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_saliency_parser(sub: argparse._SubParsersAction) -> None:
+    from relaxd_train.saliency import METHODS, SaliencySettings
+
+    d = SaliencySettings(Path(), Path(), Path())
+    p = sub.add_parser("saliency", help="Grad-CAM / gradient heat maps per class as a PNG grid")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.keras")
+    p.add_argument("--data", type=Path, required=True, help="data set; its val split is used")
+    p.add_argument("--out", type=Path, required=True, help="the grid .png, outside the project (it shows faces)")
+    p.add_argument("--per-class", type=int, default=d.per_class, help="examples per class (columns)")
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--split", choices=("train", "val", "test"), default=d.split)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the example choice")
+
+
+def run_saliency(args: argparse.Namespace) -> int:
+    from relaxd_train.saliency import SaliencySettings, make_saliency_grid
+
+    result = make_saliency_grid(SaliencySettings(
+        checkpoint=args.checkpoint, data=args.data, out=args.out, per_class=args.per_class,
+        method=args.method, split=args.split, seed=args.seed))
+    bands = result["bands"]
+    print(f"wrote {result['out']} ({result['images']} faces, Grad-CAM on layer {result['layer']})")
+    print(f"Grad-CAM heat: eye band {100 * bands['eyes']:.0f}% (of {100 * bands['eyes_area']:.0f}% of the area), "
+          f"mouth band {100 * bands['mouth']:.0f}% (of {100 * bands['mouth_area']:.0f}% of the area)")
+    return 0
+
+
+def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    from relaxd_train.finetune import FinetuneSettings
+
+    d = FinetuneSettings(Path(), Path(), Path())
+    p = sub.add_parser("finetune", help="transfer learning on your own photos: retrain the head, optionally unfreeze")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.keras of a trained model")
+    p.add_argument("--data", type=Path, required=True,
+                   help="DIR/{train,val}/<class>/ or DIR/<class>/ (then a seeded --val-share is held out)")
+    p.add_argument("--out", type=Path, required=True, help="new run directory (export takes OUT/best.keras)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs training the head with the features frozen")
+    p.add_argument("--unfreeze-epochs", type=int, default=d.unfreeze_epochs,
+                   help="further epochs with every layer but BatchNorm trainable, at --unfreeze-learning-rate")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--unfreeze-learning-rate", type=float, default=d.unfreeze_learning_rate)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--val-share", type=float, default=d.val_share, help="held out per class when DIR has no val/")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--detect-faces", action="store_true",
+                   help="photos are whole pictures: crop the face with the daemon's detector (no face: skipped)")
+    p.add_argument("--no-augment", action="store_true", help="switch the base run's augmentation off")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from relaxd_train.finetune import FinetuneSettings, finetune
+
+    state = finetune(FinetuneSettings(
+        checkpoint=args.checkpoint, data=args.data, out=args.out, epochs=args.epochs,
+        unfreeze_epochs=args.unfreeze_epochs, learning_rate=args.learning_rate,
+        unfreeze_learning_rate=args.unfreeze_learning_rate, batch_size=args.batch_size, val_share=args.val_share,
+        seed=args.seed, detect_faces=args.detect_faces, augment=not args.no_augment))
+    print(f"best val accuracy {state['best_val_accuracy']:.4f} at epoch {state['best_epoch']} "
+          f"(before fine-tuning {state['finetune']['val_accuracy_before']:.4f}); checkpoint {args.out / 'best.keras'}")
+    return 0
+
+
+def add_info_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="parameter count and multiply-adds of an architecture")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
+    p.add_argument("--input-size", type=int, default=PreprocessSpec().input_size)
+    p.add_argument("--classes", type=int, default=7)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from relaxd_train.architectures import build, multiply_adds
+
+    PreprocessSpec(input_size=args.input_size)  # the same size check as training
+    model = build(args.arch, args.input_size, args.classes)
+    print(f"{args.arch} at {args.input_size}x{args.input_size}, {args.classes} classes: "
+          f"{model.count_params():,} parameters, {multiply_adds(model):,} multiply-adds per face")
+    return 0
+
+
+PARSERS = (add_train_parser, add_export_parser, add_evaluate_parser, add_saliency_parser,
+           add_finetune_parser, add_info_parser)
+COMMANDS = {"train": run_train, "export": run_export, "evaluate": run_evaluate, "saliency": run_saliency,
+            "finetune": run_finetune, "info": run_info}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train-and-export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="train-and-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_train_parser(sub)
+    for add in PARSERS:
+        add(sub)
     return parser
 
 
-COMMANDS = {"train": run_train}
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["train-and-export", *argv])  # recorded in the model's metadata
+    configure_logging("warning", "console")  # the daemon's log setup: stderr only, stdout stays ours
     try:
         return COMMANDS[args.command](args)
-    except (DataError, FileExistsError) as error:
+    except (RelaxdError, FileExistsError, FileNotFoundError) as error:
         print(f"train-and-export: error: {error}", file=sys.stderr)
         return 2
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from relaxd.vision.preprocess import PreprocessSpec
 from relaxd_train.augment import AugmentSettings, build_augmenter
-from relaxd_train.data import Dataset
+from relaxd_train.data import DataError, Dataset
 
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 
@@ -122,7 +122,7 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
             done = epoch + 1
             val_acc = float(logs.get("val_accuracy", 0.0))
             self.model.save(run_dir / "last.keras")
-            if val_acc > state["best_val_accuracy"]:
+            if val_acc > state["best_val_accuracy"] or not (run_dir / "best.keras").exists():
                 state["best_val_accuracy"] = val_acc
                 state["best_epoch"] = done
                 self.model.save(run_dir / "best.keras")
@@ -160,7 +160,6 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "state.json"
     keras.utils.set_random_seed(settings.seed)
-    steps = len(train_data) // settings.batch_size
     if resume and state_file.exists() and (run_dir / "last.keras").exists():
         state = json.loads(state_file.read_text())
         settings = TrainSettings.from_dict(state["settings"])
@@ -169,9 +168,12 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
     else:
         if state_file.exists() and not resume:
             raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --out")
+        if len(train_data) < settings.batch_size:
+            raise DataError(f"the training split {train_data.source} has {len(train_data)} images, "
+                            f"fewer than one batch ({settings.batch_size}): lower --batch-size")
         size = settings.preprocess.input_size
         model = build(settings.arch, size, len(train_data.label_names))
-        compile_model(model, settings, steps)
+        compile_model(model, settings, len(train_data) // settings.batch_size)
         state = {
             "settings": settings.to_dict(),
             "labels": list(train_data.label_names),
