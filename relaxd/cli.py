@@ -112,10 +112,58 @@ def demo_cache_dir() -> Path:
     return Path(base) / "relaxd"
 
 
-def run_stub(args: argparse.Namespace) -> int:
-    # TODO(lead): replace with the daemon's entry point (capture -> vision -> affect -> control -> actuators).
-    print("relaxd run: not implemented yet", file=sys.stderr)
-    return EXIT_FAILURE
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", metavar="PSEUDONYM",
+                        help="start a session for this child profile at once (created if new); "
+                             "in simulation the default is 'demo'")
+    parser.add_argument("--scenario", help="scenario for that session (default: the profile's, else control.default_scenario)")
+    parser.add_argument("--no-session", action="store_true", help="start idle, even in simulation")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGTERM/Ctrl-C)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the chair: capture, vision, affect, controller, actuators, safety, alerts, store."""
+    from relaxd.daemon import Chair, is_simulation, resolve_demo_source
+
+    settings = resolve_demo_source(args.settings, demo_cache_dir())
+    simulation = is_simulation(args.settings)
+    if simulation:
+        a = settings.actuators
+        print(f"relaxd: simulation: camera {args.settings.camera.source!r}, outputs light={a.light_backend} "
+              f"sound={a.sound_backend} vibration={a.vibration_backend}", file=sys.stderr)
+    profile = None if args.no_session else (args.profile or ("demo" if simulation else None))
+    chair = Chair(settings)
+    report = chair.run(duration_s=args.duration, profile=profile, scenario=args.scenario)
+    print(report.describe())
+    return EXIT_OK
+
+
+def safe_state_command(args: argparse.Namespace) -> int:
+    """Drive every configured output off; for systemd's ExecStopPost after a crash."""
+    from relaxd.safety import SafetyError, safe_state
+
+    try:
+        lines = safe_state(args.settings)
+    except SafetyError as error:
+        print(f"relaxd safe-state: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
+def _add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hold", type=float, default=1.0, metavar="S", help="seconds each output stays on")
+
+
+def selftest_command(args: argparse.Namespace) -> int:
+    """Walk each actuator through a short check and report what responded."""
+    from relaxd.selftest import run_selftest
+
+    results = run_selftest(args.settings, hold_s=args.hold)
+    for result in results:
+        print(f"{'OK  ' if result.ok else 'FAIL'} {result.output:<9} {result.step:<6} {result.detail}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
 COMMANDS: list[Command] = [
@@ -124,7 +172,9 @@ COMMANDS: list[Command] = [
     Command("example-config", "print a documented config file with every key at its default", example_config),
     Command("replay", "run the vision path over a video file as fast as possible and summarise it",
             replay_command, _add_replay_arguments),
-    Command("run", "run the daemon (not implemented yet)", run_stub),
+    Command("run", "run the chair (in simulation when there is no Pi hardware)", run_command, _add_run_arguments),
+    Command("safe-state", "switch every configured output off (systemd ExecStopPost)", safe_state_command),
+    Command("selftest", "walk each actuator through a short check", selftest_command, _add_selftest_arguments),
 ]
 
 

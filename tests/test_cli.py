@@ -122,9 +122,12 @@ def test_example_config_prints_the_example(capsys):
     assert capsys.readouterr().out == render_example()
 
 
-def test_run_is_a_stub_for_now(capsys):
-    assert cli.main(["run"]) == 1
-    assert "relaxd run: not implemented yet" in capsys.readouterr().err
+def test_run_with_a_missing_model_fails_with_a_clear_message(tmp_path, capsys):
+    config = tmp_path / "chair.yaml"
+    config.write_text(f"classifier:\n  model: {tmp_path / 'nowhere.tflite'}\nstore:\n  path: {tmp_path / 'r.db'}\n")
+    assert cli.main(["--config", str(config), "run", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "relaxd: error:" in err and "nowhere" in err and "Traceback" not in err
 
 
 def test_relaxd_error_from_a_command_is_one_line_exit_2(monkeypatch, capsys):

@@ -1,0 +1,166 @@
+"""``relaxd replay VIDEO``: the daemon's vision path over a recorded clip, as fast as it can.
+
+Every frame is decoded and processed in order (no frame is dropped, unlike the live
+camera path), and the affect window advances on video time, so a replay gives the same
+readings on a slow laptop and on a fast workstation. Optional outputs: an annotated
+copy of the clip (face box and label, the relaxation-chair paper's auxiliary
+application) and one CSV row per frame. Replay reads a file the user already has; the
+live daemon never writes frames anywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from relaxd.capture import open_source
+from relaxd.errors import CaptureError
+from relaxd.settings import Settings
+from relaxd.vision.pipeline import FrameResult, VisionPipeline
+
+GROUP_COLOURS = {"negative": (60, 60, 230), "neutral": (200, 200, 200), "positive": (80, 200, 80), "none": (128, 128, 128)}
+
+
+@dataclass
+class ReplaySummary:
+    video: str
+    model: str
+    frames: int = 0
+    frames_with_face: int = 0
+    seconds: float = 0.0
+    labels: Counter = field(default_factory=Counter)
+    groups: Counter = field(default_factory=Counter)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "video": self.video,
+            "model": self.model,
+            "frames": self.frames,
+            "frames_with_face": self.frames_with_face,
+            "face_share": round(self.frames_with_face / max(1, self.frames), 4),
+            "fps": round(self.fps, 2),
+            "ms_per_frame": round(1000.0 * self.seconds / max(1, self.frames), 3),
+            "stage_ms": self.stage_ms,
+            "labels": dict(self.labels),
+            "groups": dict(self.groups),
+            "timeline": self.timeline,
+        }
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.video}: {self.frames} frames, face in {self.frames_with_face} "
+            f"({100.0 * self.frames_with_face / max(1, self.frames):.1f}%), {self.fps:.1f} frames/s",
+            "stage ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in self.stage_ms.items()),
+            "per-frame labels: " + ", ".join(f"{k} {v}" for k, v in self.labels.most_common()),
+            "affect readings: " + ", ".join(f"{k} {v}" for k, v in self.groups.most_common()),
+        ]
+        return "\n".join(lines)
+
+
+def read_frames(video: Path, settings: Settings, pipeline: VisionPipeline) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode every frame of the clip in order, timing the decode stage."""
+    camera = replace(settings.camera, source=str(video), realtime=False, loop=False)
+    source = open_source(camera, realtime=False)
+    with source:
+        index = 0
+        while True:
+            started = time.perf_counter()
+            image = source.read()
+            pipeline.timer.add("decode", time.perf_counter() - started)
+            if image is None:
+                return
+            yield index, image
+            index += 1
+
+
+def clip_fps(video: Path) -> float:
+    capture = cv2.VideoCapture(str(video))
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    capture.release()
+    return fps if fps and 1.0 <= fps <= 240.0 else 30.0
+
+
+def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
+    out = image.copy()
+    reading = result.reading
+    colour = GROUP_COLOURS.get(reading.group, (255, 255, 255))
+    if result.box is not None:
+        x, y, w, h = result.box
+        cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
+    text = f"{reading.group}" + (f" ({reading.label} {reading.confidence:.2f})" if reading.label else "")
+    cv2.putText(out, text, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(out, text, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2, cv2.LINE_AA)
+    return out
+
+
+def csv_row(result: FrameResult, labels: tuple[str, ...]) -> list[Any]:
+    box = result.box or ("", "", "", "")
+    probs = [f"{p:.4f}" for p in result.probabilities] if result.probabilities is not None else [""] * len(labels)
+    frame_label = labels[int(np.argmax(result.probabilities))] if result.probabilities is not None else ""
+    reading = result.reading
+    return [result.index, f"{result.time:.3f}", int(result.box is not None), *box, frame_label, *probs,
+            reading.group, reading.label or "", f"{reading.confidence:.3f}"]
+
+
+def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = None,
+           annotate_to: Path | None = None, csv_to: Path | None = None) -> ReplaySummary:
+    """Run the vision path over every frame of ``video``; start-up is excluded from the timing."""
+    video = Path(video)
+    if not video.is_file():
+        raise CaptureError(f"video {video} not found: give the path of a video file (mp4, avi, mkv ...)")
+    pipeline = pipeline or VisionPipeline.from_settings(settings)
+    pipeline.reset()
+    labels = pipeline.classifier.labels
+    fps = clip_fps(video)
+    summary = ReplaySummary(video=str(video), model=str(pipeline.classifier.model_path))
+    writer = None
+    csv_handle = None
+    csv_writer = None
+    if csv_to is not None:
+        csv_handle = open(csv_to, "w", newline="", encoding="utf-8")
+        csv_writer = csv.writer(csv_handle)
+        csv_writer.writerow(["frame", "time_s", "face", "x", "y", "w", "h", "frame_label",
+                             *[f"p_{label}" for label in labels], "group", "label", "confidence"])
+    started = time.perf_counter()
+    try:
+        for index, image in read_frames(video, settings, pipeline):
+            result = pipeline.process(image, now=index / fps, index=index)
+            summary.frames += 1
+            if result.box is not None:
+                summary.frames_with_face += 1
+                summary.labels[labels[int(np.argmax(result.probabilities))]] += 1
+            summary.groups[result.reading.group] += 1
+            summary.timeline.append({"frame": index, "face_in_frame": result.box is not None,
+                                     **result.reading.to_dict()})
+            if csv_writer is not None:
+                csv_writer.writerow(csv_row(result, labels))
+            if annotate_to is not None:
+                if writer is None:
+                    height, width = image.shape[:2]
+                    writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+                    if not writer.isOpened():
+                        raise CaptureError(f"cannot write {annotate_to}: check the folder exists and is writable")
+                writer.write(annotate(image, result))
+    finally:
+        summary.seconds = time.perf_counter() - started
+        if writer is not None:
+            writer.release()
+        if csv_handle is not None:
+            csv_handle.close()
+    if summary.frames == 0:
+        raise CaptureError(f"video {video} has no readable frames: is it a valid, non-empty video file?")
+    summary.stage_ms = pipeline.timer.mean_ms()
+    return summary
