@@ -1,0 +1,254 @@
+"""Viola-Jones face detection (OpenCV's Haar cascade), with a fast tracking path.
+
+Two ways in:
+
+* ``detect_all`` / ``find_best``: stateless full scans of one image (photos, the
+  evaluator). Small images are upscaled first; a face that fills the image is found
+  by retrying on the image with a border added, because the cascade needs some
+  context around a face.
+* ``track``: the daemon's per-frame path. The frame is downscaled to
+  ``detect_width``; while a face is being followed only a window around the last face
+  is searched, at sizes near the last one, and the whole frame is rescanned every
+  ``full_scan_interval`` frames or as soon as the window loses the face. This is
+  what lets a Raspberry Pi keep up with the camera: detection, not the CNN, is the
+  cost per frame.
+
+Boxes are (x, y, width, height) in the pixels of the image passed in, inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from relaxd.errors import DetectorError
+from relaxd.settings import DetectorSettings
+from relaxd.vision.preprocess import Box, crop_face, margin_square, to_gray
+
+CASCADE_NAME = "haarcascade_frontalface_default.xml"
+SYSTEM_CASCADE_DIRS = (
+    Path("/usr/share/opencv4/haarcascades"),  # Raspberry Pi OS / Debian: opencv-data
+    Path("/usr/share/opencv/haarcascades"),
+)
+HAAR_WINDOW = 24
+"""The frontal-face cascade's base window: no face smaller than this can be found."""
+
+MIN_SCAN_SIDE = 192
+"""Images whose shorter side is below this (48x48 FER crops) are upscaled to it first."""
+
+PAD_FRACTION = 0.3
+"""Border added on every side, as a fraction of the image size, for a face that fills it."""
+
+FILLING_FACE = 0.4
+"""A face that only shows up with a border fills the image: it is at least this share of
+its shorter side, so the border retry skips smaller sizes (and their cost)."""
+
+TRACK_SIZES = (0.7, 1.4)
+"""While tracking, faces between these multiples of the last face's size are searched."""
+
+TRACK_FACE_PX = 40
+"""While tracking, the search window is shrunk until the last face is about this tall."""
+
+
+def cascade_candidates(cascade: str) -> list[Path]:
+    """Where to look for the cascade: the configured file alone, else OpenCV's, else the system's."""
+    if cascade:
+        return [Path(cascade).expanduser()]
+    candidates = []
+    data = getattr(cv2, "data", None)
+    if data is not None and getattr(data, "haarcascades", ""):
+        candidates.append(Path(data.haarcascades) / CASCADE_NAME)
+    candidates += [folder / CASCADE_NAME for folder in SYSTEM_CASCADE_DIRS]
+    return candidates
+
+
+def load_cascade(cascade: str = "") -> "cv2.CascadeClassifier":
+    """The first cascade that exists and loads; ``DetectorError`` naming every path tried."""
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise DetectorError(
+            f"this OpenCV ({cv2.__version__}) has no CascadeClassifier: "
+            "install opencv-python-headless>=4.8,<5"
+        )
+    tried = []
+    for path in cascade_candidates(cascade):
+        if path.is_file():
+            classifier = cv2.CascadeClassifier()
+            try:
+                loaded = classifier.load(str(path))
+            except cv2.error:
+                loaded = False
+            if loaded and not classifier.empty():
+                return classifier
+            tried.append(f"{path} (not a valid cascade XML)")
+        else:
+            tried.append(f"{path} (not found)")
+    raise DetectorError(
+        f"no usable Haar cascade; tried: {', '.join(tried)}. Set detector.cascade to a "
+        f"{CASCADE_NAME}, or install opencv-python-headless<5 (which ships it in cv2.data) "
+        "or the opencv-data package on Raspberry Pi OS"
+    )
+
+
+def _scaled(box: Sequence[float], factor: float, offset: tuple[float, float] = (0.0, 0.0)) -> Box:
+    """A box moved by ``offset`` and then multiplied by ``factor``."""
+    x, y, w, h = box
+    return (
+        int(round((x + offset[0]) * factor)),
+        int(round((y + offset[1]) * factor)),
+        int(round(w * factor)),
+        int(round(h * factor)),
+    )
+
+
+def clip_box(box: Box, shape: tuple[int, ...]) -> Optional[Box]:
+    """The part of a box inside an image of ``shape``; None when nothing is left."""
+    height, width = shape[:2]
+    x0, y0 = max(0, box[0]), max(0, box[1])
+    x1, y1 = min(width, box[0] + box[2]), min(height, box[1] + box[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def pick_face(boxes: Sequence[Box], shape: tuple[int, ...], pick: str) -> Optional[Box]:
+    """The child's face among several: the largest, or the one nearest the image centre."""
+    if not len(boxes):
+        return None
+    if pick == "central":
+        cx, cy = shape[1] / 2.0, shape[0] / 2.0
+        return min(boxes, key=lambda b: (b[0] + b[2] / 2.0 - cx) ** 2 + (b[1] + b[3] / 2.0 - cy) ** 2)
+    return max(boxes, key=lambda b: b[2] * b[3])
+
+
+class FaceDetector:
+    """Haar-cascade face detection for photos (stateless) and camera frames (tracking)."""
+
+    def __init__(self, settings: DetectorSettings = DetectorSettings()) -> None:
+        self.settings = settings
+        self._cascade = load_cascade(settings.cascade)
+        self._last: Optional[Box] = None  # last face, in downscaled-frame pixels, may leave the frame
+        self._last_shape: tuple[int, ...] = ()
+        self._since_full = 0
+
+    # -- scanning -----------------------------------------------------------------
+
+    def _scan(self, gray: np.ndarray, min_side: int, max_side: int = 0) -> list[Box]:
+        """detectMultiScale with the configured parameters; boxes in ``gray``'s pixels."""
+        faces = self._cascade.detectMultiScale(
+            gray,
+            scaleFactor=self.settings.scale_factor,
+            minNeighbors=self.settings.min_neighbors,
+            minSize=(min_side, min_side),
+            maxSize=(max_side, max_side),  # (0, 0): no upper limit
+        )
+        return [(int(x), int(y), int(w), int(h)) for x, y, w, h in faces]
+
+    def _min_side(self, gray: np.ndarray) -> int:
+        return max(HAAR_WINDOW, int(round(self.settings.min_face_fraction * gray.shape[0])))
+
+    def _scan_padded(self, gray: np.ndarray) -> list[Box]:
+        """Scan the image with a replicated border, for a face that fills it; boxes in ``gray``'s pixels.
+
+        Haar features of a face's outline need some pixels beyond it; replicated edges
+        give them back (a constant gray border finds fewer faces).
+        """
+        height, width = gray.shape[:2]
+        min_side = max(self._min_side(gray), int(FILLING_FACE * min(height, width)))
+        pad_x, pad_y = int(round(PAD_FRACTION * width)), int(round(PAD_FRACTION * height))
+        padded = cv2.copyMakeBorder(gray, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
+        return [_scaled(box, 1.0, (-pad_x, -pad_y)) for box in self._scan(padded, min_side)]
+
+    @staticmethod
+    def _upscaled(image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grayscale image, upscaled when small so that a face in it can reach the cascade's size."""
+        gray = to_gray(image)
+        shorter = min(gray.shape[:2])
+        if shorter >= MIN_SCAN_SIDE:
+            return gray, 1.0
+        factor = MIN_SCAN_SIDE / shorter
+        size = (int(round(gray.shape[1] * factor)), int(round(gray.shape[0] * factor)))
+        return cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR), factor
+
+    # -- photos ------------------------------------------------------------------
+
+    def detect_all(self, frame: np.ndarray) -> list[Box]:
+        """Every face in one image of any size (one full scan, no border retry, no state)."""
+        gray, factor = self._upscaled(frame)
+        boxes = [_scaled(box, 1.0 / factor) for box in self._scan(gray, self._min_side(gray))]
+        return [box for box in (clip_box(b, frame.shape) for b in boxes) if box is not None]
+
+    def find_best(self, image: np.ndarray) -> Optional[Box]:
+        """The child's face in a photo, or None; also finds a face that fills the photo."""
+        gray, factor = self._upscaled(image)
+        boxes = self._scan(gray, self._min_side(gray))
+        if not boxes:
+            boxes = self._scan_padded(gray)
+        best = pick_face(boxes, gray.shape, self.settings.pick)
+        return None if best is None else clip_box(_scaled(best, 1.0 / factor), image.shape)
+
+    # -- camera frames -------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the face being tracked (a new session, a new camera)."""
+        self._last = None
+        self._last_shape = ()
+        self._since_full = 0
+
+    def _search_window(self, small: np.ndarray, last: Box) -> list[Box]:
+        """Faces of about the last face's size in a window around it (border replicated at the edges).
+
+        The window is shrunk so that the last face is about ``TRACK_FACE_PX`` tall: the
+        cascade's cost grows with the pixels it visits, and a face needs little more than
+        the cascade's 24 px window to be found again.
+        """
+        wx, wy, _, _ = margin_square(last, self.settings.roi_margin)
+        window = crop_face(small, last, self.settings.roi_margin)
+        side = max(last[2], last[3])
+        factor = 1.0
+        if side > TRACK_FACE_PX:
+            size = int(round(window.shape[0] * TRACK_FACE_PX / side))
+            factor = size / window.shape[0]
+            window = cv2.resize(window, (size, size), interpolation=cv2.INTER_AREA)
+        low, high = TRACK_SIZES
+        min_side = max(HAAR_WINDOW, int(low * side * factor))
+        max_side = max(min_side + 1, int(np.ceil(high * side * factor)))
+        boxes = self._scan(window, min_side, max_side)
+        return [_scaled(box, 1.0 / factor, (wx * factor, wy * factor)) for box in boxes]
+
+    def track(self, frame: np.ndarray) -> Optional[Box]:
+        """The child's face in the next camera frame, or None; keeps state between calls."""
+        gray = to_gray(frame)
+        height, width = gray.shape[:2]
+        small, target = gray, self.settings.detect_width
+        if width > target:
+            size = (target, max(1, int(round(height * target / width))))
+            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        factor = small.shape[1] / width
+        if small.shape != self._last_shape:  # first frame, or the camera changed its size
+            self.reset()
+            self._last_shape = small.shape
+        candidates: list[Box] = []
+        if self._last is not None:
+            candidates = self._search_window(small, self._last)
+        self._since_full += 1
+        if not candidates:
+            candidates = self._scan(small, self._min_side(small))
+            self._since_full = 0
+        elif self._since_full >= self.settings.full_scan_interval:
+            # Rescan for faces that could take over: a bigger one, or the same one if the
+            # track drifted. Faces much smaller than the tracked one (people in the
+            # background) are left out, which also keeps the rescan cheap.
+            tracked = pick_face(candidates, small.shape, self.settings.pick)
+            rival = max(self._min_side(small), int(TRACK_SIZES[0] * max(tracked[2:])))
+            candidates += self._scan(small, rival)
+            self._since_full = 0
+        if not candidates:
+            candidates = self._scan_padded(small)
+        best = pick_face(candidates, small.shape, self.settings.pick)
+        self._last = best
+        if best is None:
+            return None
+        return clip_box(_scaled(best, 1.0 / factor), gray.shape)
