@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
-from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
+import modelkit
 import pytest
 import structlog
 
@@ -28,91 +26,28 @@ from relaxd.vision.classifier import (
     quantize,
     renormalise,
 )
-from relaxd.vision.model_meta import (
-    FER2013_GROUPS,
-    FER2013_LABELS,
-    ModelMetadata,
-    file_sha256,
-    metadata_path,
-    save_metadata,
-)
+from relaxd.vision.model_meta import FER2013_LABELS, metadata_path
 from relaxd.vision.preprocess import PreprocessSpec, face_to_input
 from relaxd.vision.runtime import RUNTIME_NAME, load_interpreter
 
-SIZE = 48
-
-
-def _inputs(count: int, seed: int) -> np.ndarray:
-    """Contract-shaped inputs: smooth random 'faces' in 0..1 (unit normalisation)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((count, 6, 6), dtype=np.float32)
-    smooth = [cv2.resize(c, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC) for c in coarse]
-    return np.clip(np.stack(smooth), 0.0, 1.0)[..., np.newaxis].astype(np.float32)
+SIZE = modelkit.SIZE
+_inputs = modelkit.smooth_inputs
+write_model = modelkit.write_model
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted():
     """A tiny Keras model, its float32 and int8 .tflite bytes, and inputs to test with."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf = pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((SIZE, SIZE, 1)),
-            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(len(FER2013_LABELS)),
-            keras.layers.Softmax(),
-        ]
-    )
+    pytest.importorskip("tensorflow")
     calibration = _inputs(64, seed=1)
-    # Scale the untrained output layer so its logits spread over a few units: confident,
-    # input-dependent predictions make the int8-versus-float comparison mean something.
-    dense = model.layers[-2]
-    kernel, bias = dense.get_weights()
-    features = keras.Sequential(model.layers[:-2])(calibration)
-    logits = np.asarray(features) @ kernel
-    spread = float(np.std(logits - logits.mean(axis=0)))
-    dense.set_weights([kernel * (3.0 / spread), bias])
-
-    float_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():  # TF's note that the input range comes from calibration
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        int8_bytes = converter.convert()
-
+    model = modelkit.tiny_keras_model(calibration)
     test_inputs = _inputs(24, seed=2)
     return {
-        "float32": float_bytes,
-        "int8": int8_bytes,
+        "float32": modelkit.convert(model, calibration, int8=False),
+        "int8": modelkit.convert(model, calibration, int8=True),
         "inputs": test_inputs,
         "keras": np.asarray(model.predict(test_inputs, verbose=0), dtype=np.float32),
     }
-
-
-def write_model(folder: Path, content: bytes, quantization: str, name: str = "tiny", **changes) -> Path:
-    """Write a .tflite and its metadata (sha256 set) the way train-and-export does."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.tflite"
-    path.write_bytes(content)
-    meta = ModelMetadata(
-        name=name,
-        version="1",
-        labels=FER2013_LABELS,
-        groups=FER2013_GROUPS,
-        preprocess=PreprocessSpec(input_size=SIZE),
-        quantization=quantization,
-        sha256=file_sha256(path),
-    )
-    save_metadata(path, replace(meta, **changes))
-    return path
 
 
 # -- runtime -------------------------------------------------------------------------

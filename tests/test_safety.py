@@ -12,8 +12,9 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from mockpins import NCContactPin
 from gpiozero import DigitalOutputDevice
-from gpiozero.pins.mock import MockFactory, MockPin
+from gpiozero.pins.mock import MockFactory
 
 from relaxd.safety import (
     EStopButton,
@@ -45,18 +46,6 @@ def wait_for(predicate, what, timeout=10.0):
 
 def states(factory, pin):
     return [s.state for s in factory.pin(pin).states]
-
-
-class NCContactPin(MockPin):
-    """A GPIO wired to GND through a closed normally-closed contact: the pull-up cannot lift it.
-
-    ``drive_high()`` is the contact opening (button pressed or wire cut), ``drive_low()``
-    the contact closing again.
-    """
-
-    def _set_pull(self, value):
-        super()._set_pull(value)
-        self.drive_low()
 
 
 # -- the latch -----------------------------------------------------------------------------

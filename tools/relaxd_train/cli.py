@@ -147,7 +147,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:  # stdout carries the JSON only: anything a library prints goes to stderr
         with redirect_stdout(sys.stderr):
             report = evaluate_model(args.model, args.data, args.split, args.detect_faces)
-            written = write_outputs(report, args.out_dir) if args.out_dir else []
+            if args.out_dir:
+                write_outputs(report, args.out_dir)
         print(json.dumps(report))
         return 0
     report = evaluate_model(args.model, args.data, args.split, args.detect_faces)

@@ -1,0 +1,174 @@
+"""``relaxd run`` end to end, in simulation: the generated demo clip as the camera,
+simulated (or gpiozero mock) outputs, a real SQLite file, a real TFLite model.
+
+Safety properties are checked on what the outputs were really told, not on the
+controller's intentions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+from mockpins import ChairPin
+
+from relaxd.control import STIMULATING, State
+from relaxd.daemon import Chair, resolve_demo_source
+from relaxd.demo import ensure_demo_clip
+from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, SafetySettings, Settings,
+                             StoreSettings)
+from relaxd.store import SessionStore
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory) -> Path:
+    return ensure_demo_clip(tmp_path_factory.mktemp("demo"))
+
+
+def chair_settings(tmp_path: Path, model: Path, clip: Path, **sections) -> Settings:
+    settings = Settings(
+        classifier=ClassifierSettings(model=str(model)),
+        store=StoreSettings(path=str(tmp_path / "relaxd.db")),
+        control=ControllerSettings(calibration_s=1.0),
+        **sections,
+    )
+    return dataclasses.replace(settings, camera=dataclasses.replace(settings.camera, source=str(clip)))
+
+
+def outputs_of(chair: Chair) -> dict[str, float]:
+    """What the simulated outputs were last told (readable after close, unlike ``value``)."""
+    bank = chair.bank
+    light = bank.light.history[-1][1] if bank.light.history else (0.0, 0.0, 0.0)
+    return {"light": max(light),
+            "sound": bank.sound.history[-1][1] if bank.sound.history else 0.0,
+            "vibration": bank.vibration.history[-1][1] if bank.vibration.history else 0.0}
+
+
+def run_in_thread(chair: Chair, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=chair.run, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_simulated_session_stimulates_and_is_recorded(tmp_path, tiny_model, demo_clip):
+    chair = Chair(chair_settings(tmp_path, tiny_model, demo_clip))
+    thread = run_in_thread(chair, profile="kid-a", scenario="calm-sea")
+    assert wait_for(lambda: chair.bank.light.value > 0.0 and chair.report.readings > 5), "the light never came on"
+    chair.request_stop("test")
+    thread.join(10)
+    assert not thread.is_alive()
+    report = chair.report
+    assert report.frames > 0 and report.readings > 0
+    assert [e["kind"] for e in report.events][:1] == ["started"]
+    assert all(value == 0.0 for value in outputs_of(chair).values()), "outputs must be off after exit"
+    store = SessionStore(tmp_path / "relaxd.db")
+    (session,) = store.list_sessions()
+    assert session.ended_at is not None and session.scenario == "calm-sea"
+    assert store.stimulus_seconds(session.id), "per-second stimulus levels were not recorded"
+    assert any(e["kind"] == "started" for e in store.events(session.id))
+    store.close()
+
+
+def test_estop_button_cuts_every_output_and_latches(tmp_path, tiny_model, demo_clip):
+    factory = MockFactory(pin_class=ChairPin)
+    settings = chair_settings(
+        tmp_path, tiny_model, demo_clip,
+        actuators=ActuatorSettings(light_backend="gpio", vibration_backend="gpio",
+                                   light_ramp_up_per_s=10, vibration_ramp_up_per_s=10),
+        safety=SafetySettings(estop_pin=5),
+    )
+    estop_pin = factory.pin(5)  # a ChairPin: the normally-closed contact is closed, no stop
+    chair = Chair(settings, pin_factory=factory)
+    thread = run_in_thread(chair, profile="kid-b", scenario="calm-sea")
+    output_pins = [factory.pin(n) for n in (17, 27, 22, 12)]
+    assert wait_for(lambda: any(pin.state > 0 for pin in output_pins)), "no output came on"
+
+    estop_pin.drive_high()  # pressed (or the wire was cut)
+    assert [pin.state for pin in output_pins] == [0, 0, 0, 0], "outputs must be off when the edge callback returns"
+    assert wait_for(lambda: chair.controller.state == State.ESTOPPED)
+    time.sleep(0.3)
+    assert [pin.state for pin in output_pins] == [0, 0, 0, 0], "the control loop switched an output back on"
+    assert any(alert.kind == "estop" for alert in chair.alerts.active())
+    chair.request_stop("test")
+    thread.join(10)
+    assert chair.report.final_state == "estopped"
+
+
+def test_camera_loss_fades_to_idle_and_alerts(tmp_path, tiny_model, demo_clip):
+    settings = chair_settings(tmp_path, tiny_model, demo_clip)
+    settings = dataclasses.replace(settings, camera=dataclasses.replace(
+        settings.camera, loop=False, stall_timeout_s=0.3, reconnect_initial_s=0.1, reconnect_max_s=0.2))
+    chair = Chair(settings)
+    thread = run_in_thread(chair, profile="kid-c", scenario="calm-sea")
+    assert wait_for(lambda: any(a.kind == "camera_lost" for a in chair.alerts.active()), timeout=40)
+    assert wait_for(lambda: chair.controller.state not in STIMULATING, timeout=15)
+    chair.request_stop("test")
+    thread.join(10)
+    assert all(value == 0.0 for value in outputs_of(chair).values())
+
+
+def test_watchdog_expiry_switches_outputs_off(tmp_path, tiny_model, demo_clip):
+    settings = chair_settings(tmp_path, tiny_model, demo_clip, safety=SafetySettings(watchdog_deadline_s=0.2),
+                              actuators=ActuatorSettings(light_ramp_up_per_s=10))
+    chair = Chair(settings)
+    thread = run_in_thread(chair, profile="kid-d", scenario="calm-sea")
+    assert wait_for(lambda: chair.bank.light.value > 0.0)
+    original = chair.control_step
+    stuck = threading.Event()
+
+    def hang_once(now: float) -> None:
+        if not stuck.is_set():
+            stuck.set()
+            time.sleep(1.0)  # the control loop misses its deadline
+        original(now)
+
+    chair.control_step = hang_once
+    assert wait_for(lambda: chair.latch.latched, timeout=5), "the watchdog did not trip"
+    assert chair.latch.tripped_by == "watchdog"
+    assert all(value == 0.0 for value in outputs_of(chair).values())
+    chair.request_stop("test")
+    thread.join(10)
+
+
+def test_resolve_demo_source_points_the_camera_at_the_generated_clip(tmp_path):
+    settings = resolve_demo_source(Settings(), tmp_path)
+    assert Path(settings.camera.source).is_file() and Path(settings.camera.source).parent == tmp_path
+
+
+def test_sigterm_stops_the_daemon_cleanly(tmp_path, tiny_model, demo_clip):
+    config = tmp_path / "chair.yaml"
+    config.write_text(
+        f"camera:\n  source: {demo_clip}\nclassifier:\n  model: {tiny_model}\n"
+        f"store:\n  path: {tmp_path / 'r.db'}\n"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "relaxd", "--config", str(config), "run"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    store_path = tmp_path / "r.db"
+    assert wait_for(lambda: store_path.exists() and store_path.stat().st_size > 0, timeout=30)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "final state" in out
+    store = SessionStore(store_path)
+    (session,) = store.list_sessions()
+    assert session.end_reason == "daemon stopped"
+    store.close()
