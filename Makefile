@@ -27,6 +27,8 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/bench_replay.py
+	$(BIN)/python benchmarks/bench_estop.py
+	$(BIN)/python benchmarks/bench_negative_onset.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -30,13 +30,14 @@ import numpy as np
 from relaxd.demo import ensure_demo_clip
 from relaxd.replay import replay
 from relaxd.settings import ClassifierSettings, Settings
+from relaxd.vision.detector import load_cascade
 from relaxd.vision.pipeline import VisionPipeline
 from relaxd.vision.preprocess import face_to_input
 
 
 def baseline(video: Path, pipeline: VisionPipeline) -> tuple[float, list[bool]]:
     """Full-frame Viola-Jones on every frame + crop + classify; returns frames/s and per-frame face flags."""
-    cascade = pipeline.detector.cascade
+    cascade = load_cascade(pipeline.detector.settings.cascade)
     classifier = pipeline.classifier
     capture = cv2.VideoCapture(str(video))
     found: list[bool] = []
