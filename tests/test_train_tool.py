@@ -624,3 +624,29 @@ def test_shipped_model_matches_its_model_card():
     report = evaluate_model(model, SHARED_VAL, "val")
     assert report["n"] == 3589
     assert abs(report["accuracy_7"] - claimed) <= 0.005
+
+
+def test_model_card_renders_every_measured_figure():
+    from relaxd.vision.model_meta import FER2013_GROUPS, FER2013_LABELS, ModelMetadata
+    from relaxd.vision.preprocess import PreprocessSpec
+    from relaxd_train.card import render_card
+
+    confusion = [[8 if i == j else (2 if (i, j) == (1, 0) else 0) for j in range(7)] for i in range(7)]
+    meta = ModelMetadata(
+        name="relaxnet", version="9", labels=FER2013_LABELS, groups=FER2013_GROUPS,
+        preprocess=PreprocessSpec(), quantization="int8",
+        training={"arch": "relaxnet", "params": 1234, "multiply_adds": 5678, "data": "DATA", "epochs": 3,
+                  "train_command": "train-and-export train --data DATA --out RUN", "command": "train-and-export export"},
+        metrics={"val_images": 58, "val_accuracy_7_keras": 0.6789, "val_accuracy_7_int8": 0.67345,
+                 "val_accuracy_3_int8": 0.8, "accuracy_drop_points": 0.54, "file_bytes": 2048,
+                 "latency_ms_median_1thread": 0.25, "val_confusion_int8": confusion,
+                 "val_per_class_int8": {"angry": {"precision": 0.8, "recall": 1.0, "f1": 0.89, "support": 8}}},
+    )
+    card = render_card(meta, "relaxnet.tflite", {"data": "VAL", "face_found": 0.9, "accuracy_7": 0.5,
+                                                 "accuracy_3": 0.7, "negative_recall": 0.6})
+    assert "train-and-export train --data DATA --out RUN" in card and "train-and-export export" in card
+    assert "| 7-class accuracy | 67.9% | 67.3% |" in card
+    assert "1,234" in card and "5,678" in card and "0.250 ms" in card
+    assert "| **disgust** | 2 | 8 | 0 | 0 | 0 | 0 | 0 | 80.0% |" in card
+    assert "weakest class on val is disgust (recall 80.0%); most of its errors (2 of 2) are read as angry" in card
+    assert "| 90.0% | 50.0% | 70.0% | 60.0% |" in card

@@ -81,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     train_data = load_split(args.data, "train", spec)
     val_data = load_split(args.data, "val", spec)
-    state = train(train_data, val_data, settings, args.out, resume=args.resume)
+    state = train(train_data, val_data, settings, args.out, resume=args.resume, command=args.command_line)
     print(f"best val accuracy {state['best_val_accuracy']:.4f} at epoch {state['best_epoch']}; "
           f"checkpoint {args.out / 'best.keras'}")
     return 0
@@ -237,10 +237,30 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_card_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="write the model card (Markdown) from a model's metadata")
+    p.add_argument("--model", type=Path, required=True, help="the exported .tflite (its .json is read)")
+    p.add_argument("--detect-report", type=Path, metavar="JSON",
+                   help="an `evaluate --detect-faces --json` report to include (whole-pipeline figures)")
+    p.add_argument("--out", type=Path, help="where to write the card (default: the model's path with .md)")
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from relaxd.vision.model_meta import load_metadata
+    from relaxd_train.card import render_card
+
+    meta = load_metadata(args.model)
+    report = json.loads(args.detect_report.read_text()) if args.detect_report else None
+    out = args.out or args.model.with_suffix(".md")
+    out.write_text(render_card(meta, args.model.name, report), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 PARSERS = (add_train_parser, add_export_parser, add_evaluate_parser, add_saliency_parser,
-           add_finetune_parser, add_info_parser)
+           add_finetune_parser, add_info_parser, add_card_parser)
 COMMANDS = {"train": run_train, "export": run_export, "evaluate": run_evaluate, "saliency": run_saliency,
-            "finetune": run_finetune, "info": run_info}
+            "finetune": run_finetune, "info": run_info, "card": run_card}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -199,6 +199,8 @@ def training_record(settings: ExportSettings, state: dict[str, Any], model: kera
     for key in ("epochs_done", "best_epoch", "train_counts", "finetune"):
         if key in state:
             record[key] = state[key]
+    if state.get("command"):
+        record["train_command"] = state["command"]
     if calibration_images:
         record["representative"] = {"split": "train", "images": calibration_images, "seed": settings.seed}
     return record

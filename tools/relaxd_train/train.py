@@ -151,7 +151,7 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
 
 
 def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
-          resume: bool = False) -> dict[str, Any]:
+          resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train (or resume) a model; return the final state (best epoch, accuracy)."""
     import keras
 
@@ -175,6 +175,7 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         model = build(settings.arch, size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
         state = {
+            "command": command,  # the exact command line, quoted by the model card
             "settings": settings.to_dict(),
             "labels": list(train_data.label_names),
             "train_source": train_data.source,
