@@ -1,0 +1,90 @@
+"""``relaxd replay``: the daemon's vision path over a clip, through the real CLI.
+
+Runs on the generated demo clip (real OpenCV decoding and Haar detection, a real int8
+TFLite model), and checks the JSON summary, the annotated copy, the CSV, and that bad
+input exits non-zero with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import pytest
+
+from relaxd import cli
+from relaxd.demo import ensure_demo_clip, expected_faces
+
+STAGES = {"decode", "detect", "preprocess", "infer", "aggregate"}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return ensure_demo_clip(tmp_path_factory.mktemp("clip"))
+
+
+def replay_json(capsys, *args: str) -> dict:
+    assert cli.main(["replay", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_summary_has_every_documented_key(clip, tiny_model, capsys):
+    summary = replay_json(capsys, str(clip), "--model", str(tiny_model))
+    frames = cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT)
+    assert summary["frames"] == int(frames)
+    assert 0 < summary["frames_with_face"] < summary["frames"]  # the person leaves for about a second
+    assert summary["fps"] > 0
+    assert set(summary["stage_ms"]) == STAGES and all(v >= 0 for v in summary["stage_ms"].values())
+    assert sum(summary["labels"].values()) == summary["frames_with_face"]
+    assert len(summary["timeline"]) == summary["frames"]
+    first = summary["timeline"][0]
+    assert {"frame", "face_in_frame", "group", "label", "confidence", "face_present"} <= set(first)
+
+
+def test_faces_are_found_where_the_clip_has_them(clip, tiny_model, capsys):
+    summary = replay_json(capsys, str(clip), "--model", str(tiny_model))
+    truth = [box is not None for box in expected_faces()]
+    found = [entry["face_in_frame"] for entry in summary["timeline"]]
+    assert len(truth) == len(found)
+    present = [f for f, t in zip(found, truth) if t]
+    assert sum(present) >= 0.95 * len(present)
+    assert not any(f for f, t in zip(found, truth) if not t), "a face was reported while nobody was there"
+
+
+def test_annotate_and_csv_write_one_entry_per_frame(clip, tiny_model, tmp_path, capsys):
+    annotated, rows = tmp_path / "out.mp4", tmp_path / "frames.csv"
+    summary = replay_json(capsys, str(clip), "--model", str(tiny_model), "--annotate", str(annotated),
+                          "--csv", str(rows))
+    video = cv2.VideoCapture(str(annotated))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == summary["frames"]
+    ok, frame = video.read()
+    assert ok and frame.shape == (480, 640, 3)
+    with rows.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == summary["frames"]
+    assert sum(int(row["face"]) for row in table) == summary["frames_with_face"]
+    assert {"p_happy", "p_sad", "group", "label"} <= set(table[0])
+
+
+def test_human_summary(clip, tiny_model, capsys):
+    assert cli.main(["replay", str(clip), "--model", str(tiny_model)]) == 0
+    out = capsys.readouterr().out
+    assert "frames/s" in out and "stage ms/frame" in out
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "text", "empty"])
+def test_bad_video_exits_non_zero_naming_the_file(make_bad, tiny_model, tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    if make_bad == "text":
+        video.write_text("this is not a video\n")
+    elif make_bad == "empty":
+        video.write_bytes(b"")
+    assert cli.main(["replay", str(video), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "relaxd: error:" in err and str(video) in err and "Traceback" not in err
+
+
+def test_missing_model_exits_non_zero(clip, tmp_path, capsys):
+    assert cli.main(["replay", str(clip), "--model", str(tmp_path / "none.tflite")]) == 2
+    assert "none.tflite" in capsys.readouterr().err
