@@ -60,7 +60,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,  # safe: level and renderer live in the stdlib handler below
+        cache_logger_on_first_use=False,  # re-configurable (tests, CLI flags); our log volume is small
     )
     handler = _RelaxdHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
