@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import random
 import sys
@@ -47,13 +46,12 @@ from typing import Callable, Iterator, Optional
 
 import cv2
 import numpy as np
-import structlog
 from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin
 
 from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.demo import ensure_demo_clip
 from relaxd.errors import RelaxdError
-from relaxd.logs import configure_logging
+from relaxd.logs import temporary_logging
 from relaxd.safety import EStopButton, SafetyLatch
 from relaxd.settings import ActuatorSettings, ClassifierSettings, Settings
 from relaxd.vision.pipeline import VisionPipeline
@@ -293,18 +291,9 @@ def print_report(result: dict) -> None:
 
 @contextlib.contextmanager
 def daemon_logging() -> Iterator[None]:
-    """The daemon's JSON logging, into /dev/null; the previous logging set-up is restored after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    with open(os.devnull, "w", encoding="utf-8") as sink:
-        configure_logging("info", "json", stream=sink)
-        try:
-            yield
-        finally:
-            root.handlers[:] = handlers
-            root.setLevel(level)
-            logging.captureWarnings(False)
-            structlog.reset_defaults()
+    """The daemon's JSON logging, into /dev/null (the bank and latch log on the stop path)."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, temporary_logging("info", "json", stream=sink):
+        yield
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -28,24 +28,21 @@ If the FER2013 data is absent it says so and exits 0 ("skipped").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import statistics
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
-import structlog
 
 from relaxd.control import ChildProfile, Controller, EventKind, State, load_scenarios
 from relaxd.errors import RelaxdError
-from relaxd.logs import configure_logging
+from relaxd.logs import temporary_logging
 from relaxd.settings import ClassifierSettings, ControllerSettings, Settings
 from relaxd.vision.pipeline import StageTimer, VisionPipeline
 
@@ -289,19 +286,9 @@ def print_report(result: dict) -> None:
     print(f"  note: {result['note']}")
 
 
-@contextlib.contextmanager
-def warnings_to_stderr() -> Iterator[None]:
+def warnings_to_stderr():
     """Warnings and errors to stderr (stdout carries the report); the old logging is restored after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    configure_logging("warning", "console", stream=sys.stderr)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        logging.captureWarnings(False)
-        structlog.reset_defaults()
+    return temporary_logging("warning", "console", stream=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> dict:

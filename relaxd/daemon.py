@@ -7,7 +7,10 @@ Threads, each with one job (Frigate-style):
   (drops the oldest, never blocks);
 - control loop (the calling thread): readings -> ``Controller`` -> ``ActuatorBank``;
   kicks the watchdog, records events, alerts and per-second summaries;
-- watchdog and systemd health gate: their own threads.
+- watchdog and systemd health gate: their own threads;
+- control socket (``relaxd.ipc``): a thread per client. Commands that touch the controller
+  are queued to the control loop, which runs them at the top of its next cycle; the
+  socket's ``estop`` trips the latch directly on the client's thread.
 
 Safety never waits on vision: the e-stop button's GPIO edge callback, the watchdog,
 signal and crash hooks all trip the ``SafetyLatch``, whose kill callable writes zero to
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,6 +37,8 @@ from relaxd.affect import AffectReading
 from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, State, load_scenarios
+from relaxd.errors import RelaxdError
+from relaxd.ipc import ChairCommands, ControlServer, finite, resolve_socket_path
 from relaxd.safety import (EStopButton, HealthGate, LatchEvent, SafetyLatch, SystemdNotifier, Watchdog,
                            install_crash_hooks, install_signal_handlers)
 from relaxd.settings import Settings
@@ -44,6 +51,23 @@ CONTROL_PERIOD_S = 0.05
 """The control loop runs at 20 Hz: fast enough for smooth ramps, far inside the watchdog deadline."""
 
 READING_QUEUE = 64
+
+
+class CommandTimeoutError(RelaxdError):
+    """An operator command was not carried out by the control loop in time (or the daemon is stopping)."""
+
+
+@dataclass(frozen=True)
+class ControlView:
+    """What the control loop owns, published by it each cycle so other threads read a consistent copy."""
+
+    time: float
+    state: str
+    scenario: Optional[str]
+    intensity: float
+    session_id: Optional[int]
+    transition: Optional[dict[str, Any]]  # the last event that changed the state
+    reading: Optional[AffectReading]  # the newest affect reading
 
 
 def to_levels(targets: Any) -> StimulusLevels:
@@ -99,6 +123,13 @@ class Chair:
         self._last_stimulus_second = -1
         self._session_started = 0.0
         self.report = RunReport()
+        # Operator commands for the control-loop thread: (command(now) -> (result, events), future).
+        self._commands: queue.SimpleQueue[tuple[Callable[[float], Any], Future]] = queue.SimpleQueue()
+        self._view: Optional[ControlView] = None
+        self._events_seen = 0
+        self._last_transition: Optional[dict[str, Any]] = None
+        self._last_reading: Optional[AffectReading] = None
+        self.ipc: Optional[ControlServer] = None
         # What can be rejected (model, cascade, scenarios) loads before any output is opened.
         self.pipeline = VisionPipeline.from_settings(settings)
         self.controller = Controller(settings.control, load_scenarios(settings.control.scenarios_file or None))
@@ -207,6 +238,7 @@ class Chair:
         """One control cycle: latch, camera, readings, controller, outputs, records."""
         if self.latch.latched and self.controller.state != State.ESTOPPED:
             self._record(self.controller.estop(now, self.latch.tripped_by or "latch"))
+        self._serve_commands(now)  # after the latch check, so a command sees the e-stop state
         while self._camera_problems:
             problem = self._camera_problems.popleft()
             self._alert("camera_lost", "medium", f"camera {problem}: stimulation faded to idle")
@@ -238,6 +270,123 @@ class Chair:
             self.store.add_stimulus_second(self._session_id, second, light=levels.light_brightness,
                                            sound=levels.sound_volume, vibration=levels.vibration)
 
+    # ------------------------------------------------------------------ operator commands and status
+
+    @property
+    def session_id(self) -> Optional[int]:
+        """The open session's id, or None (owned by the control loop: read it there)."""
+        return self._session_id
+
+    def call_in_control_loop(self, command: Callable[[float], tuple[Any, Any]], timeout_s: float) -> Any:
+        """Run ``command(now)`` on the control-loop thread (the controller is not thread-safe); any thread.
+
+        ``command`` returns ``(result, events)``: the loop records the controller events and this
+        returns the result (or raises what the command raised). A command the loop has not taken
+        within ``timeout_s`` is dropped, never run late: ``CommandTimeoutError``.
+        """
+        future: Future = Future()
+        self._commands.put((command, future))
+        try:
+            return future.result(timeout_s)
+        except TimeoutError:
+            if future.cancel():
+                raise CommandTimeoutError(f"the control loop did not take the command within {timeout_s:g} s "
+                                          "(ipc.command_timeout_s); it was not carried out") from None
+        try:
+            return future.result(timeout_s)  # taken: it is running now
+        except TimeoutError:
+            raise CommandTimeoutError(f"the command is still running after {2 * timeout_s:g} s; "
+                                      "check the status before repeating it") from None
+
+    def _serve_commands(self, now: float) -> None:
+        """Run the commands queued since the last cycle, then publish the view ``status()`` reads."""
+        if self._readings:
+            self._last_reading = self._readings[-1]  # the newest, consumed later in this cycle
+        while True:
+            try:
+                command, future = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting
+            try:
+                result, events = command(now)
+                self._record(events)
+            except Exception as error:  # handed to the caller's thread
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        events = self.report.events
+        for event in events[self._events_seen:]:
+            if event["state_from"] != event["state_to"]:
+                self._last_transition = {k: event[k] for k in ("kind", "state_from", "state_to", "reason")}
+        self._events_seen = len(events)
+        self._view = self._control_view(now)
+
+    def _control_view(self, now: float) -> ControlView:
+        return ControlView(now, self.controller.state.value, self.controller.scenario, self.controller.intensity,
+                           self._session_id, self._last_transition, self._last_reading)
+
+    def _fail_pending_commands(self) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(CommandTimeoutError("relaxd is stopping; the command was not carried out"))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for the control socket and the panel; safe from any thread.
+
+        The controller's side is the view the control loop published last (at most one cycle
+        old); health is read live, so a stuck control loop shows as such instead of hanging.
+        """
+        view = self._view or self._control_view(time.monotonic())  # before the loop runs: no race yet
+        reading, levels, latch, camera = view.reading, self.bank.levels, self.latch, self.grabber.stats()
+        reading_age = None if reading is None else max(0.0, view.time - reading.time)
+        session = None
+        if view.session_id is not None and self.store is not None:
+            profile_id = self.store.get_session(view.session_id).profile_id
+            session = {"id": view.session_id,
+                       "profile": self.store.get_profile(profile_id).pseudonym if profile_id is not None else None}
+        return {
+            "state": view.state,
+            "reason": view.transition["reason"] if view.transition else "",
+            "last_transition": view.transition,
+            "scenario": view.scenario,
+            "session": session,
+            "intensity": view.intensity,
+            "levels": {"light": levels.light_brightness, "light_rgb": list(levels.light_rgb),
+                       "sound": levels.sound_volume, "vibration": levels.vibration},
+            "caps": self.bank.caps,
+            "affect": None if reading is None else {**reading.to_dict(), "age_s": reading_age},
+            "alarms": [alert.to_dict() for alert in self.alerts.active()] if self.alerts is not None else [],
+            "health": {
+                "camera": {"ok": camera.status.value == "streaming" and not self.grabber.stalled,
+                           "status": camera.status.value, "frame_age_s": finite(camera.frame_age_s),
+                           "reconnects": camera.reconnects},
+                "vision": {"ok": reading_age is not None and reading_age < self.settings.control.reading_timeout_s,
+                           "frames": self.report.frames, "reading_age_s": reading_age},
+                "controller": {"ok": self.watchdog.healthy and view.state != State.FAULT.value,
+                               "loop_on_time": self.watchdog.healthy, "state": view.state},
+                "outputs": {"ok": self._link_faults == 0 and not (self.bank.latched and not latch.latched),
+                            "link_faults": self._link_faults, "latched_off": self.bank.latched,
+                            "reason": self.bank.latch_reason},
+                "latch": {"ok": not latch.latched, "latched": latch.latched, "tripped_by": latch.tripped_by,
+                          "tripped_at": latch.tripped_at, "trips": latch.trips},
+            },
+            "simulation": is_simulation(self.settings),
+        }
+
+    def _start_ipc(self) -> None:
+        path = resolve_socket_path(self.settings.ipc.socket)
+        if path is None:
+            log.info("ipc.disabled", why="ipc.socket is empty")
+            return
+        commands = ChairCommands(self, self.settings.ipc.command_timeout_s)
+        self.ipc = ControlServer(path, commands.handle, self.settings.ipc).start()
+
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, *, duration_s: Optional[float] = None, profile: Optional[str] = None,
@@ -251,6 +400,7 @@ class Chair:
         try:
             self.bank.all_off("start")  # safe state at start
             self.bank.reset_latch()
+            self._start_ipc()
             self.grabber.start()
             vision.start()
             self.watchdog.start()
@@ -271,6 +421,9 @@ class Chair:
             self.bank.all_off("exit")
             self.notifier.stopping()
             self.stop_requested.set()
+            if self.ipc is not None:
+                self.ipc.stop()
+            self._fail_pending_commands()
             self.report.seconds = clock() - started
             self.report.final_state = self.controller.state.value
             self._end_session("daemon stopped")

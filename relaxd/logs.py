@@ -9,9 +9,10 @@ This is structlog's documented "ProcessorFormatter" recipe, nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import TextIO
+from typing import Iterator, TextIO
 
 import structlog
 
@@ -73,3 +74,18 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     logging.captureWarnings(True)  # warnings.warn() from libraries becomes a log record too
+
+
+@contextlib.contextmanager
+def temporary_logging(level: str, fmt: str, stream: TextIO | None = None) -> Iterator[None]:
+    """``configure_logging`` for a block (a benchmark, a tool); the previous set-up is restored after."""
+    root = logging.getLogger()
+    handlers, previous_level = list(root.handlers), root.level
+    configure_logging(level, fmt, stream=stream)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(previous_level)
+        logging.captureWarnings(False)
+        structlog.reset_defaults()

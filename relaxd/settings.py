@@ -168,6 +168,23 @@ class ActuatorSettings:
 
 
 @dataclass(frozen=True)
+class IpcSettings:
+    """The control socket (relaxd.ipc) that relaxctl and the panel talk to."""
+
+    socket: str = text("$XDG_RUNTIME_DIR/relaxd/relaxd.sock",
+                       "Unix socket path ($VARS and ~ expanded; unset XDG_RUNTIME_DIR = /tmp/relaxd-UID); "
+                       "on the Pi /run/relaxd/relaxd.sock; empty = no control socket")
+    group: str = text("relaxd", "the socket file's group (mode 0660): its members may use relaxctl; "
+                      "skipped with a log note if the group does not exist")
+    max_line_bytes: int = ranged(65536, 256, 1048576, "longest request line; a longer one is refused and "
+                                 "its connection closed")
+    max_clients: int = ranged(16, 1, 256, "most connections served at once; more are refused as busy")
+    command_timeout_s: float = ranged(2.0, 0.1, 30.0, "a command waits this long for the control loop to "
+                                      "take it, else it is dropped and answered with a timeout")
+    idle_timeout_s: float = ranged(600.0, 1.0, 86400.0, "a client silent this long is disconnected")
+
+
+@dataclass(frozen=True)
 class Settings:
     camera: CameraSettings = field(default_factory=CameraSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
@@ -179,3 +196,4 @@ class Settings:
     safety: SafetySettings = field(default_factory=SafetySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    ipc: IpcSettings = field(default_factory=IpcSettings)

@@ -23,8 +23,8 @@ from mockpins import ChairPin
 from relaxd.control import STIMULATING, State
 from relaxd.daemon import Chair, resolve_demo_source
 from relaxd.demo import ensure_demo_clip
-from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, SafetySettings, Settings,
-                             StoreSettings)
+from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, SafetySettings,
+                             Settings, StoreSettings)
 from relaxd.store import SessionStore
 
 
@@ -38,6 +38,7 @@ def chair_settings(tmp_path: Path, model: Path, clip: Path, **sections) -> Setti
         classifier=ClassifierSettings(model=str(model)),
         store=StoreSettings(path=str(tmp_path / "relaxd.db")),
         control=ControllerSettings(calibration_s=1.0),
+        ipc=IpcSettings(socket=""),  # no control socket: tests must not collide with a running daemon
         **sections,
     )
     return dataclasses.replace(settings, camera=dataclasses.replace(settings.camera, source=str(clip)))
@@ -156,7 +157,7 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path, tiny_model, demo_clip):
     config = tmp_path / "chair.yaml"
     config.write_text(
         f"camera:\n  source: {demo_clip}\nclassifier:\n  model: {tiny_model}\n"
-        f"store:\n  path: {tmp_path / 'r.db'}\n"
+        f"store:\n  path: {tmp_path / 'r.db'}\nipc:\n  socket: ''\n"
     )
     process = subprocess.Popen([sys.executable, "-m", "relaxd", "--config", str(config), "run"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -127,7 +127,7 @@ def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str
             + " --detect-faces`: the daemon's Viola-Jones detector runs on each 48x48 val image (upscaled), "
             "the face is cropped by the preprocessing contract, and a photo with no face found counts as wrong.",
             "",
-            f"| face found | 7-class | 3-class | negative recall |",
+            "| face found | 7-class | 3-class | negative recall |",
             "|---|---|---|---|",
             f"| {pct(detect_report.get('face_found'))} | {pct(detect_report.get('accuracy_7'))} | "
             f"{pct(detect_report.get('accuracy_3'))} | {pct(detect_report.get('negative_recall'))} |",

@@ -107,9 +107,9 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     """Fine-tune ``settings.checkpoint`` into a new run directory; return its final state."""
     import keras
 
-    from relaxd_train.architectures import feature_layer_count, load_checkpoint, multiply_adds
+    from relaxd_train.architectures import feature_layer_count, load_checkpoint
     from relaxd_train.export import read_run_state
-    from relaxd_train.train import TrainSettings, class_weights, make_dataset, progress_callback
+    from relaxd_train.train import TrainSettings, class_weights, make_dataset, new_run_state, progress_callback
 
     if settings.epochs < 0 or settings.unfreeze_epochs < 0 or settings.epochs + settings.unfreeze_epochs == 0:
         raise DataError("finetune needs --epochs and/or --unfreeze-epochs above 0")
@@ -138,28 +138,17 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss, metrics=["accuracy"])
     before = float(model.evaluate(val_ds, verbose=0)[1])
     run_dir.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {
-        "settings": run.to_dict(),
-        "labels": list(labels),
-        "train_source": train_data.source,
-        "val_source": val_data.source,
-        "train_counts": train_data.class_counts(),
-        "params": int(model.count_params()),
-        "multiply_adds": multiply_adds(model),
-        "epochs_done": 0,
-        "best_epoch": 0,
-        "best_val_accuracy": 0.0,
-        "finetune": {
-            "from": str(settings.checkpoint),
-            "base_epochs": base_state.get("epochs_done"),
-            "frozen_layers": frozen,
-            "head_epochs": settings.epochs,
-            "unfreeze_epochs": settings.unfreeze_epochs,
-            "unfreeze_learning_rate": settings.unfreeze_learning_rate,
-            "detect_faces": settings.detect_faces,
-            "photos_without_face": missed,
-            "val_accuracy_before": before,
-        },
+    state = new_run_state(run, train_data, val_data, model)
+    state["finetune"] = {
+        "from": str(settings.checkpoint),
+        "base_epochs": base_state.get("epochs_done"),
+        "frozen_layers": frozen,
+        "head_epochs": settings.epochs,
+        "unfreeze_epochs": settings.unfreeze_epochs,
+        "unfreeze_learning_rate": settings.unfreeze_learning_rate,
+        "detect_faces": settings.detect_faces,
+        "photos_without_face": missed,
+        "val_accuracy_before": before,
     }
     (run_dir / "state.json").write_text(json.dumps(state, indent=2))
     print(f"fine-tuning {settings.checkpoint}: train {len(train_data)} faces, val {len(val_data)} faces"

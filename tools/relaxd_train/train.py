@@ -150,12 +150,32 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
     return ProgressAndCheckpoint()
 
 
+def new_run_state(settings: TrainSettings, train_data: Dataset, val_data: Dataset, model: Any,
+                  command: str = "") -> dict[str, Any]:
+    """The ``state.json`` of a new run: settings, data, model size, and no epoch done yet."""
+    from relaxd_train.architectures import multiply_adds
+
+    return {
+        "command": command,  # the exact command line, quoted by the model card
+        "settings": settings.to_dict(),
+        "labels": list(train_data.label_names),
+        "train_source": train_data.source,
+        "val_source": val_data.source,
+        "train_counts": train_data.class_counts(),
+        "params": int(model.count_params()),
+        "multiply_adds": multiply_adds(model),
+        "epochs_done": 0,
+        "best_epoch": 0,
+        "best_val_accuracy": 0.0,
+    }
+
+
 def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
           resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train (or resume) a model; return the final state (best epoch, accuracy)."""
     import keras
 
-    from relaxd_train.architectures import build, multiply_adds
+    from relaxd_train.architectures import build
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "state.json"
@@ -174,19 +194,7 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         size = settings.preprocess.input_size
         model = build(settings.arch, size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
-        state = {
-            "command": command,  # the exact command line, quoted by the model card
-            "settings": settings.to_dict(),
-            "labels": list(train_data.label_names),
-            "train_source": train_data.source,
-            "val_source": val_data.source,
-            "train_counts": train_data.class_counts(),
-            "params": int(model.count_params()),
-            "multiply_adds": multiply_adds(model),
-            "epochs_done": 0,
-            "best_epoch": 0,
-            "best_val_accuracy": 0.0,
-        }
+        state = new_run_state(settings, train_data, val_data, model, command)
     print(f"{settings.arch}: {state['params']:,} parameters, {state['multiply_adds']:,} multiply-adds; "
           f"train {len(train_data)} images, val {len(val_data)} images", flush=True)
     weights = class_weights(train_data.labels, len(train_data.label_names), settings.class_weighting)

@@ -1,0 +1,469 @@
+"""The control socket and ``relaxctl``, end to end against a running ``Chair`` in simulation.
+
+The camera plays a generated faceless clip: with no face the affect rules never halt or
+lower, so every state a test expects is the one the command produced. The outputs are
+the simulated ones; the store is a real SQLite file; the model a real (tiny) TFLite one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from relaxd.control import State
+from relaxd.daemon import Chair
+from relaxd.ipc import (BAD_ARGS, BAD_JSON, BAD_REQUEST, BUSY, LINE_TOO_LONG, NOT_FOUND, REJECTED, TIMEOUT,
+                        UNKNOWN_COMMAND, UNSUPPORTED_VERSION, ChairCommands, CommandError, ControlClient,
+                        ControlServer, IpcError, SocketInUseError)
+from relaxd.relaxctl import main as relaxctl
+from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, Settings,
+                             StoreSettings)
+
+MAX_LINE = 4096
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def faceless_clip(path: Path) -> Path:
+    """Two seconds of smooth, slowly shifting gradients: nothing a face detector takes for a face."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (160, 120))
+    ramp = np.linspace(40, 200, 160, dtype=np.float32)
+    for i in range(30):
+        frame = np.clip(np.tile(ramp + i, (120, 1)), 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def short_dir() -> Path:
+    """A folder with a short path: AF_UNIX socket paths must stay under 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix="relaxd-ipc-", dir="/tmp"))
+
+
+def chair_settings(folder: Path, model: Path, clip: Path, socket_path: Path) -> Settings:
+    settings = Settings(
+        classifier=ClassifierSettings(model=str(model)),
+        store=StoreSettings(path=str(folder / "relaxd.db")),
+        control=ControllerSettings(calibration_s=0.5, no_face_pause_s=60.0, child_left_s=600.0),
+        actuators=ActuatorSettings(light_ramp_up_per_s=10.0, sound_ramp_up_per_s=10.0, vibration_ramp_up_per_s=10.0),
+        ipc=IpcSettings(socket=str(socket_path), max_line_bytes=MAX_LINE, command_timeout_s=2.0),
+    )
+    return dataclasses.replace(settings, camera=dataclasses.replace(settings.camera, source=str(clip)))
+
+
+def call(path: Path, cmd: str, **args):
+    with ControlClient(path, timeout_s=10.0) as client:
+        return client.call(cmd, **args)
+
+
+def refused(path: Path, cmd: str, **args) -> CommandError:
+    with pytest.raises(CommandError) as caught:
+        call(path, cmd, **args)
+    return caught.value
+
+
+def exchange(path: Path, payload: bytes, replies: int) -> tuple[list[dict], bytes]:
+    """Send raw bytes, read ``replies`` reply lines, then whatever follows until EOF or a pause."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5.0)
+        sock.connect(str(path))
+        try:
+            sock.sendall(payload)
+        except BrokenPipeError:  # the server refused this client at once; its reply is still readable
+            pass
+        reader = sock.makefile("rb")
+        answers = [json.loads(reader.readline()) for _ in range(replies)]
+        sock.settimeout(0.5)
+        try:
+            rest = reader.read()
+        except socket.timeout:  # the connection stayed open (no EOF within the pause)
+            rest = b"<open>"
+        except ConnectionResetError:  # closed by the server while our later bytes were unread
+            rest = b""
+        return answers, rest
+
+
+def request(cmd: str, request_id=1, **fields) -> bytes:
+    return json.dumps({"v": 1, "id": request_id, "cmd": cmd, **fields}).encode() + b"\n"
+
+
+def outputs_of(chair: Chair) -> dict[str, float]:
+    """What the simulated outputs were last told."""
+    bank = chair.bank
+    light = bank.light.history[-1][1] if bank.light.history else (0.0, 0.0, 0.0)
+    return {"light": max(light),
+            "sound": bank.sound.history[-1][1] if bank.sound.history else 0.0,
+            "vibration": bank.vibration.history[-1][1] if bank.vibration.history else 0.0}
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def to_idle(path: Path) -> None:
+    """Bring the chair back to idle and unlatched, whatever the previous test left."""
+    status = call(path, "status")
+    if status["health"]["latch"]["latched"] or status["state"] == "estopped":
+        wait_for(lambda: call(path, "status")["state"] == "estopped")
+        call(path, "reset", by="test")
+    if call(path, "status")["state"] != "idle":
+        call(path, "stop")
+    assert call(path, "status")["state"] == "idle"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return faceless_clip(tmp_path_factory.mktemp("clip") / "faceless.avi")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, tiny_model, clip):
+    """A chair running in a thread with its control socket; yields (chair, socket path)."""
+    folder = short_dir()
+    path = folder / "relaxd.sock"
+    chair = Chair(chair_settings(tmp_path_factory.mktemp("store"), tiny_model, clip, path))
+    thread = threading.Thread(target=chair.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: chair.ipc is not None and path.exists()), "the control socket never appeared"
+    assert wait_for(lambda: call(path, "status")["affect"] is not None), "no affect reading arrived"
+    yield chair, path
+    chair.request_stop("test done")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not path.exists(), "the daemon must remove its socket on exit"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def chair_at_idle(running):
+    chair, path = running
+    to_idle(path)
+    return chair, path
+
+
+# --------------------------------------------------------------------------- the chair's commands
+
+
+def test_status_reports_state_outputs_affect_alarms_and_health(chair_at_idle):
+    chair, path = chair_at_idle
+    status = call(path, "status")
+    assert status["state"] == "idle" and status["session"] is None
+    assert set(status["levels"]) == {"light", "light_rgb", "sound", "vibration"}
+    assert status["caps"] == chair.bank.caps
+    assert status["affect"]["face_present"] is False and status["affect"]["age_s"] >= 0.0
+    assert isinstance(status["alarms"], list)
+    assert set(status["health"]) == {"camera", "vision", "controller", "outputs", "latch"}
+    latch = status["health"]["latch"]
+    assert latch["ok"] and not latch["latched"] and latch["tripped_by"] is None
+    assert status["health"]["controller"]["ok"] and status["health"]["vision"]["frames"] > 0
+    assert status["simulation"] is True
+
+
+def test_start_pause_resume_stop_drive_the_controller(chair_at_idle):
+    chair, path = chair_at_idle
+    started = call(path, "start", profile="kid-ipc", scenario="calm-sea")
+    assert started["state"] == "starting" and started["scenario"] == "calm-sea" and started["session_id"]
+    assert refused(path, "start", profile="kid-ipc").code == REJECTED  # one session at a time
+    status = call(path, "status")
+    assert status["session"] == {"id": started["session_id"], "profile": "kid-ipc"}
+    assert status["reason"] == "operator started 'calm-sea'"
+    assert call(path, "pause") == {"state": "paused"}
+    assert call(path, "status")["reason"] == "operator paused"
+    assert call(path, "resume")["state"] in ("starting", "running")
+    assert call(path, "stop") == {"state": "idle"}
+    assert call(path, "stop") == {"state": "idle"}  # stopping an idle chair changes nothing
+    error = refused(path, "pause")
+    assert error.code == REJECTED and "idle" in error.message
+    assert refused(path, "start", profile="kid-ipc", scenario="no-such-scenario").code == REJECTED
+    assert refused(path, "start").code == BAD_ARGS
+    assert refused(path, "start", profile=" ").code == BAD_ARGS
+    sessions = call(path, "list_sessions", profile="kid-ipc")
+    assert [s["id"] for s in sessions][:1] == [started["session_id"]] and sessions[0]["profile"] == "kid-ipc"
+
+
+def test_estop_cuts_the_outputs_before_replying_then_reset_and_ack(chair_at_idle):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-estop", scenario="calm-sea")
+    assert wait_for(lambda: outputs_of(chair)["light"] > 0.0), "the light never came on"
+    reply = call(path, "estop", by="test")
+    assert outputs_of(chair) == {"light": 0.0, "sound": 0.0, "vibration": 0.0}, "outputs must be off at the reply"
+    assert reply["latched"] and reply["newly_latched"] and reply["tripped_by"] == "test"
+    assert wait_for(lambda: chair.controller.state == State.ESTOPPED)
+    time.sleep(0.2)  # a few control cycles: nothing may come back on
+    assert outputs_of(chair) == {"light": 0.0, "sound": 0.0, "vibration": 0.0}
+    status = call(path, "status")
+    assert status["state"] == "estopped" and status["health"]["latch"]["latched"]
+    assert refused(path, "start", profile="kid-estop").code == REJECTED
+    assert call(path, "estop")["newly_latched"] is False  # a second press is harmless
+
+    assert call(path, "reset", by="test") == {"state": "idle", "latched": False}
+    assert not chair.latch.latched and not chair.bank.latched
+    assert outputs_of(chair)["light"] == 0.0, "a reset never restarts stimulation by itself"
+    assert refused(path, "reset").code == REJECTED  # nothing latched any more
+
+    (alarm,) = [a for a in call(path, "status")["alarms"] if a["kind"] == "estop"]
+    acked = call(path, "ack", id=alarm["id"], by="nurse")
+    assert acked["acknowledged_by"] == "nurse" and acked["acknowledged_at"]
+    assert alarm["id"] not in [a["id"] for a in call(path, "status")["alarms"]]
+    assert refused(path, "ack", id="no-such-alarm").code == NOT_FOUND
+    assert refused(path, "ack").code == BAD_ARGS
+
+
+def test_set_caps_applies_and_is_saved_to_the_running_profile(chair_at_idle):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-caps")
+    result = call(path, "set_caps", light=0.5, vibration=0.25)
+    assert result["persisted"] and result["profile"] == "kid-caps"
+    assert result["caps"]["light"] == 0.5 and result["caps"]["vibration"] == 0.25
+    assert chair.bank.caps["light"] == 0.5
+    (profile,) = [p for p in call(path, "list_profiles") if p["pseudonym"] == "kid-caps"]
+    assert (profile["light_cap"], profile["sound_cap"], profile["vibration_cap"]) == (0.5, 1.0, 0.25)
+    assert call(path, "set_caps", light=0.9)["caps"]["light"] == 0.9  # raising within 0..1 is allowed
+    assert refused(path, "set_caps", light=1.5).code == BAD_ARGS
+    assert refused(path, "set_caps", sound="loud").code == BAD_ARGS
+    assert refused(path, "set_caps").code == BAD_ARGS
+    call(path, "stop")
+    assert call(path, "set_caps", sound=0.3)["persisted"] is False  # no session: not saved to any profile
+
+
+def test_lists_of_profiles_scenarios_and_sessions(chair_at_idle):
+    chair, path = chair_at_idle
+    scenarios = call(path, "list_scenarios")
+    assert {"name": "calm-sea", "default": True} in scenarios
+    assert [s["name"] for s in scenarios] == chair.controller.scenario_names
+    call(path, "start", profile="kid-list")
+    call(path, "stop")
+    assert "kid-list" in [p["pseudonym"] for p in call(path, "list_profiles")]
+    (newest,) = call(path, "list_sessions", limit=1)
+    assert newest["profile"] == "kid-list"
+    assert refused(path, "list_sessions", limit=0).code == BAD_ARGS
+    assert refused(path, "list_sessions", profile="nobody").code == NOT_FOUND
+    assert refused(path, "list_profiles", extra=1).code == BAD_ARGS
+
+
+# --------------------------------------------------------------------------- bad clients
+
+
+def test_malformed_requests_get_error_replies_and_leave_the_chair_alone(chair_at_idle):
+    chair, path = chair_at_idle
+    events_before = len(chair.report.events)
+    payload = b"".join([
+        b"\xff\xfe\x00garbage\n",
+        b"{not json\n",
+        b"[1, 2]\n",
+        b"\n",  # blank lines are skipped
+        json.dumps({"v": 2, "id": "a", "cmd": "status"}).encode() + b"\n",
+        request("self_destruct", request_id="b"),
+        request("pause", request_id="c", args={"now": True}),
+        request("status", request_id="d", args=[1]),
+        json.dumps({"v": 1, "id": "e"}).encode() + b"\n",
+        request("status", request_id="f"),
+    ])
+    answers, rest = exchange(path, payload, replies=9)
+    codes = [None if a["ok"] else a["error"]["code"] for a in answers]
+    assert codes == [BAD_JSON, BAD_JSON, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_COMMAND, BAD_ARGS,
+                     BAD_REQUEST, BAD_REQUEST, None]
+    assert [a["id"] for a in answers] == [None, None, None, "a", "b", "c", "d", "e", "f"]
+    assert all(a["v"] == 1 for a in answers) and all(a["error"]["message"] for a in answers if not a["ok"])
+    assert rest == b"<open>", "the connection stays usable after bad requests"
+    assert chair.controller.state == State.IDLE and not chair.latch.latched
+    assert len(chair.report.events) == events_before
+
+
+def test_an_oversized_line_is_refused_and_that_client_closed(chair_at_idle):
+    chair, path = chair_at_idle
+    answers, rest = exchange(path, b"x" * (MAX_LINE + 10) + b"\n" + request("status"), replies=1)
+    assert answers[0]["error"]["code"] == LINE_TOO_LONG
+    assert rest == b"", "the server closes the connection after an oversized line"
+    longest = request("status", args={})  # a line of exactly the limit still passes
+    padded = longest[:-2] + b" " * (MAX_LINE - len(longest) + 1) + b"}\n"
+    assert len(padded) == MAX_LINE + 1
+    answers, _ = exchange(path, padded, replies=1)
+    assert answers[0]["ok"]
+    assert call(path, "status")["state"] == "idle"
+
+
+def test_clients_that_vanish_mid_command_do_not_disturb_the_chair(chair_at_idle):
+    chair, path = chair_at_idle
+    for payload in (b'{"v": 1, "id": 1, "cmd": "sta', request("stop"), request("start", args={"profile": "kid-gone"})):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))
+            sock.sendall(payload)
+        # closed at once, without reading the reply
+    # The command of the vanished client still ran; its reply went nowhere.
+    assert wait_for(lambda: (call(path, "status")["session"] or {}).get("profile") == "kid-gone")
+    assert call(path, "status")["state"] == "starting"
+    assert wait_for(lambda: chair.ipc.clients == 0), "the vanished clients' threads must end"
+    call(path, "stop")
+
+
+def test_ten_clients_at_once(chair_at_idle):
+    chair, path = chair_at_idle
+    barrier = threading.Barrier(10)
+    results: list = [None] * 10
+
+    def client(index: int) -> None:
+        try:
+            with ControlClient(path, timeout_s=10.0) as conn:
+                barrier.wait(timeout=10)
+                results[index] = [conn.call("status")["state"], len(conn.call("list_scenarios")),
+                                  conn.call("set_caps", sound=0.8)["persisted"]]
+        except Exception as error:  # shown by the assertion below
+            results[index] = repr(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    scenarios = len(chair.controller.scenario_names)
+    assert results == [["idle", scenarios, False]] * 10
+
+
+# --------------------------------------------------------------------------- the socket file
+
+
+def test_the_socket_is_group_readable_only(running):
+    chair, path = running
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+def echo_server(path: Path, **limits) -> ControlServer:
+    return ControlServer(path, lambda cmd, args: {"cmd": cmd, "args": args}, IpcSettings(socket=str(path), **limits))
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_refused():
+    folder = short_dir()
+    path = folder / "s.sock"
+    try:
+        crashed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        crashed.bind(str(path))  # what a crashed daemon leaves: a socket file nobody listens on
+        crashed.close()
+        assert relaxctl(["--socket", str(path), "status"]) == 2
+        with echo_server(path):
+            assert call(path, "hello", x=1) == {"cmd": "hello", "args": {"x": 1}}
+            with pytest.raises(SocketInUseError, match="already running"):
+                echo_server(path).start()
+            assert call(path, "hello") == {"cmd": "hello", "args": {}}, "the refused server must not remove it"
+        assert not path.exists()
+        path.write_text("not a socket")
+        with pytest.raises(IpcError, match="not a socket"):
+            echo_server(path).start()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_clients_beyond_the_limit_are_told_busy():
+    folder = short_dir()
+    path = folder / "s.sock"
+    try:
+        with echo_server(path, max_clients=2) as server:
+            with ControlClient(path) as first, ControlClient(path) as second:
+                first.call("a")
+                second.call("b")
+                answers, rest = exchange(path, request("c"), replies=1)
+                assert answers[0]["error"]["code"] == BUSY and rest == b""
+                assert refused(path, "c").code == BUSY  # what a client is told
+            assert wait_for(lambda: server.clients == 0)
+            assert call(path, "d") == {"cmd": "d", "args": {}}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_commands_time_out_without_a_control_loop_but_estop_does_not_wait(tmp_path, tiny_model, clip, running):
+    """A chair that is not running: queued commands are dropped; estop acts on the socket thread."""
+    _, live_path = running
+    chair = Chair(chair_settings(tmp_path, tiny_model, clip, live_path))
+    commands = ChairCommands(chair, timeout_s=0.2)
+    with pytest.raises(CommandError) as caught:
+        commands.handle("start", {"profile": "kid-late"})
+    assert caught.value.code == TIMEOUT
+    chair.control_step(time.monotonic())  # the loop runs later: the dropped command must not
+    assert chair.controller.state == State.IDLE and chair.store.find_profile("kid-late") is None
+
+    assert commands.handle("estop", {"by": "test"})["latched"] and chair.latch.latched
+    assert chair.bank.latched
+
+    with pytest.raises(SocketInUseError):  # a second daemon on the live socket is refused at start
+        chair.run(duration_s=5)
+    assert call(live_path, "status")["state"] in {s.value for s in State}, "the first daemon keeps its socket"
+
+
+# --------------------------------------------------------------------------- relaxctl
+
+
+def printed(capsys) -> tuple[str, str]:
+    """relaxctl's stdout and stderr, without the log lines the in-process daemon prints meanwhile."""
+    captured = capsys.readouterr()
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+    return tuple("".join(line for line in text.splitlines(keepends=True) if not log_line.match(line))
+                 for text in (captured.out, captured.err))
+
+
+def test_relaxctl_prints_readable_and_json_results_with_exit_codes(chair_at_idle, capsys, tmp_path):
+    chair, path = chair_at_idle
+    sock = ["--socket", str(path)]
+    assert relaxctl([*sock, "status"]) == 0
+    out, _ = printed(capsys)
+    assert out.startswith("state     idle") and "health    camera" in out and "e-stop    not latched" in out
+
+    assert relaxctl([*sock, "--json", "list-scenarios"]) == 0
+    assert {"name": "calm-sea", "default": True} in json.loads(printed(capsys)[0])
+
+    assert relaxctl([*sock, "start", "kid-ctl", "--scenario", "calm-sea"]) == 0
+    assert printed(capsys)[0].startswith("started session")
+    assert relaxctl([*sock, "set-caps", "--light", "0.4"]) == 0
+    assert "saved to profile kid-ctl" in printed(capsys)[0]
+    assert relaxctl([*sock, "profiles"]) == 0
+    table = printed(capsys)[0].splitlines()
+    assert table[0].split()[0] == "pseudonym" and any(row.startswith("kid-ctl ") for row in table)
+    assert relaxctl([*sock, "stop"]) == 0
+    assert printed(capsys)[0] == "state idle\n"
+
+    assert relaxctl([*sock, "pause"]) == 1
+    out, err = printed(capsys)
+    assert out == "" and "pause refused (rejected)" in err and "idle" in err
+    assert relaxctl([*sock, "--json", "resume"]) == 1
+    assert json.loads(printed(capsys)[0])["error"]["code"] == REJECTED
+
+    assert relaxctl(["--socket", str(tmp_path / "none.sock"), "status"]) == 2
+    err = printed(capsys)[1]
+    assert "no socket at" in err and "Is relaxd running" in err
+
+
+def test_relaxctl_as_a_separate_process(chair_at_idle):
+    chair, path = chair_at_idle
+    script = Path(sys.executable).with_name("relaxctl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "relaxd.relaxctl"]
+    done = subprocess.run([*command, "--socket", str(path), "--json", "status"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "idle"
+    gone = subprocess.run([*command, "--socket", str(path) + ".missing", "status"],
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and "cannot connect to relaxd" in gone.stderr
