@@ -166,6 +166,25 @@ def selftest_command(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", metavar="SESSION", help="a session id, or 'latest'")
+    parser.add_argument("--out-dir", type=Path, default=Path("."), metavar="DIR",
+                        help="folder for session-<id>-<pseudonym>.png and .csv (default: the current folder)")
+    parser.add_argument("--db", type=Path, metavar="PATH", help="the session store (default: store.path from the config)")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Write a session's report for the therapist: a PNG picture and a per-second CSV."""
+    from relaxd.report import open_store_for_report, render_session_report, resolve_session
+
+    settings: Settings = args.settings
+    with open_store_for_report(args.db or settings.store.path, settings.store.busy_timeout_s) as store:
+        session_id = resolve_session(store, args.session)
+        png, table = render_session_report(store, session_id, args.out_dir)
+    print(f"session {session_id}: wrote {png} and {table}")
+    return EXIT_OK
+
+
 COMMANDS: list[Command] = [
     Command("check-config", "validate a config file and show what it changes", check_config,
             _add_check_config_arguments),
@@ -175,6 +194,8 @@ COMMANDS: list[Command] = [
     Command("run", "run the chair (in simulation when there is no Pi hardware)", run_command, _add_run_arguments),
     Command("safe-state", "switch every configured output off (systemd ExecStopPost)", safe_state_command),
     Command("selftest", "walk each actuator through a short check", selftest_command, _add_selftest_arguments),
+    Command("report", "write a session's report (PNG picture and per-second CSV) for the therapist",
+            report_command, _add_report_arguments),
 ]
 
 

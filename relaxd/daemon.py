@@ -200,13 +200,18 @@ class Chair:
     # ------------------------------------------------------------------ sessions
 
     def start_session(self, pseudonym: str, scenario: Optional[str], now: float) -> None:
-        """Start a session for a child profile (created with default caps if new)."""
-        profile = self.store.find_profile(pseudonym) or self.store.create_profile(pseudonym)
-        self.bank.set_caps(light=profile.light_cap, sound=profile.sound_cap, vibration=profile.vibration_cap)
-        child = ChildProfile(pseudonym, intensity_cap=max(profile.light_cap, profile.sound_cap, profile.vibration_cap),
-                             start_intensity=min(0.3, profile.light_cap, profile.sound_cap, profile.vibration_cap),
-                             preferred_scenario=profile.preferred_scenario or "")
+        """Start a session for a child profile (created with default caps if new).
+
+        The controller may refuse (wrong state, unknown scenario): it is asked first, so a
+        refused start creates no profile and changes no cap.
+        """
+        profile = self.store.find_profile(pseudonym)
+        caps = (profile.light_cap, profile.sound_cap, profile.vibration_cap) if profile else (1.0, 1.0, 1.0)
+        child = ChildProfile(pseudonym, intensity_cap=max(caps), start_intensity=min(0.3, *caps),
+                             preferred_scenario=(profile.preferred_scenario if profile else "") or "")
         events = self.controller.start(child, scenario, now)
+        profile = profile or self.store.create_profile(pseudonym)
+        self.bank.set_caps(light=caps[0], sound=caps[1], vibration=caps[2])
         self._session_id = self.store.start_session(profile.id, self.controller.scenario or "")
         self._accumulator = AffectSecondAccumulator(now)
         self._session_started = now

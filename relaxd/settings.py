@@ -185,6 +185,24 @@ class IpcSettings:
 
 
 @dataclass(frozen=True)
+class PanelSettings:
+    """The touchscreen panel (relaxd.panel, its own process, a client of the control socket)."""
+
+    pin: str = text("1234", "4 to 8 digits that unlock the panel's settings screen (e-stop reset); quote it "
+                    "in YAML (pin: \"4711\"); change the default on every chair")
+    poll_interval_s: float = ranged(0.25, 0.05, 5.0, "the panel asks the daemon for its status this often")
+    request_timeout_s: float = ranged(3.0, 0.5, 30.0, "a panel command waits this long for the daemon's answer "
+                                      "(keep it above ipc.command_timeout_s)")
+    estop_timeout_s: float = ranged(1.0, 0.1, 5.0, "STOP's own connection waits at most this long for the daemon")
+    reconnect_initial_s: float = ranged(0.5, 0.05, 10.0, "first wait before reconnecting to a daemon that went away")
+    reconnect_max_s: float = ranged(5.0, 0.1, 60.0, "longest wait between reconnect attempts (back-off cap)")
+    timeline_s: float = ranged(300.0, 30.0, 3600.0, "the home screen's timeline shows this many seconds")
+    caps_step: float = ranged(0.05, 0.01, 0.5, "each - or + on the caps screen moves a cap by this much")
+    fps: int = ranged(20, 5, 60, "frames drawn per second")
+    notice_s: float = ranged(4.0, 1.0, 30.0, "messages (a refused command, STOP sent) stay on screen this long")
+
+
+@dataclass(frozen=True)
 class Settings:
     camera: CameraSettings = field(default_factory=CameraSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
