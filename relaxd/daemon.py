@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import queue
 import threading
 import time
@@ -76,6 +77,27 @@ def to_levels(targets: Any) -> StimulusLevels:
                           sound_volume=targets.sound.volume, vibration=targets.vibration)
 
 
+SCENARIO_SOUNDS = {"tones": "tone", "pink_noise": "pink", "pulses": "pulse"}
+"""Scenario sound kinds and the generator that makes each (``relaxd.actuators.sound_synth``)."""
+
+
+@functools.lru_cache(maxsize=16)
+def generated_sound(kind: str, period_s: float, sample_rate: int, tone_hz: float) -> Any:
+    from relaxd.actuators.sound_synth import synthesize
+
+    pulse_hz = 1.0 / period_s if period_s > 0 else 0.1
+    return synthesize(SCENARIO_SOUNDS[kind], sample_rate=sample_rate, tone_hz=tone_hz, pulse_hz=pulse_hz)
+
+
+def scenario_sound_source(sound: Any, actuators: Any) -> Any:
+    """What the sound output should play for a scenario phase: a file, a generated loop, or None (keep)."""
+    if sound.kind == "file":
+        return sound.file
+    if sound.kind in SCENARIO_SOUNDS:
+        return generated_sound(sound.kind, sound.period_s, actuators.sample_rate, actuators.tone_hz)
+    return None  # silence: the volume is 0, whatever plays
+
+
 def resolve_demo_source(settings: Settings, cache_dir: Path) -> Settings:
     """Replace ``camera.source: demo`` by the generated demo clip, played as a live camera."""
     if settings.camera.source != "demo":
@@ -118,6 +140,7 @@ class Chair:
         self._readings: collections.deque[AffectReading] = collections.deque(maxlen=READING_QUEUE)
         self._camera_problems: collections.deque[str] = collections.deque(maxlen=8)
         self._link_faults = 0
+        self._sound_key: Optional[tuple] = None
         self._session_id: Optional[int] = None
         self._accumulator: Optional[AffectSecondAccumulator] = None
         self._last_stimulus_second = -1
@@ -259,12 +282,24 @@ class Chair:
                     self.store.add_affect_second(self._session_id, row)
         output = self.controller.tick(now)
         self._record(output.events)
+        self._follow_scenario_sound(output.targets.sound)
         if not self.latch.latched:
             levels = self.bank.apply(to_levels(output.targets), now)
             self._record_stimulus(levels, now)
         if self._session_id is not None and output.state == State.IDLE:
             self._end_session("finished")
         self.watchdog.kick()
+
+    def _follow_scenario_sound(self, sound: Any) -> None:
+        """Switch the sound output when the scenario's phase asks for another sound."""
+        key = (sound.kind, sound.file, sound.period_s)
+        output = self.bank.sound
+        if key == self._sound_key or sound.volume <= 0.0 or not hasattr(output, "set_source"):
+            return
+        source = scenario_sound_source(sound, self.settings.actuators)
+        if source is not None:
+            output.set_source(source)
+            self._sound_key = key
 
     def _record_stimulus(self, levels: StimulusLevels, now: float) -> None:
         if self._session_id is None:

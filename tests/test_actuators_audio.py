@@ -151,3 +151,21 @@ def test_build_bank_with_pygame_plays_the_generated_loop():
     assert bank.sound.playing and bank.sound.value == applied.sound_volume
     bank.close()
     assert bank.sound.closed and pygame.mixer.get_init() is None
+
+
+def test_set_source_switches_sounds_at_the_same_volume(tmp_path):
+    sound = AudioOutput(sound_synth.synthesize("pink", sample_rate=RATE), sample_rate=RATE)
+    sound.value = 0.4
+    assert pygame.mixer.Channel(0).get_busy()
+    sound.set_source(wav_file(tmp_path / "waves.wav"))  # the scenario's next phase plays a file
+    assert not pygame.mixer.Channel(0).get_busy(), "the old sound must stop"
+    assert pygame.mixer.music.get_busy() and sound.playing
+    assert pygame.mixer.music.get_volume() == pytest.approx(0.4, abs=1 / 128)
+    sound.set_source(sound_synth.synthesize("tone", sample_rate=RATE))
+    assert not pygame.mixer.music.get_busy() and pygame.mixer.Channel(0).get_busy()
+    sound.value = 0.0
+    sound.set_source(sound_synth.synthesize("pulse", sample_rate=RATE))
+    assert not sound.playing, "switching while silent must not start playing"
+    with pytest.raises(AudioError, match="missing.wav"):
+        sound.set_source(tmp_path / "missing.wav")
+    sound.close()

@@ -83,6 +83,8 @@ def test_a_simulated_session_stimulates_and_is_recorded(tmp_path, tiny_model, de
     (session,) = store.list_sessions()
     assert session.ended_at is not None and session.scenario == "calm-sea"
     assert store.stimulus_seconds(session.id), "per-second stimulus levels were not recorded"
+    assert chair.bank.sound.sources and chair.bank.sound.sources[0][1].startswith("generated"), \
+        "the sound output did not follow the scenario's generated sound"
     assert any(e["kind"] == "started" for e in store.events(session.id))
     store.close()
 

@@ -69,21 +69,43 @@ class AudioOutput(Actuator):
         self._channel: Optional[Any] = None
         self._started = False
         self._paused = False
+        self._config_key = config_key
+        self._check_source(source)
+        _open_mixer(pygame, sample_rate, buffer_size)
+        try:
+            self._load(source)
+        except AudioError:
+            pygame.mixer.quit()
+            raise
+
+    def _check_source(self, source: Source) -> None:
         if not isinstance(source, np.ndarray):
             path = Path(source)
             if not path.is_file() or not os.access(path, os.R_OK):
-                raise AudioError(f"audio file {path} is missing or unreadable: fix {config_key}")
-        _open_mixer(pygame, sample_rate, buffer_size)
+                raise AudioError(f"audio file {path} is missing or unreadable: fix {self._config_key}")
+
+    def _load(self, source: Source) -> None:
+        pygame = self._pygame
         try:
             if isinstance(source, np.ndarray):
                 samples = source if source.ndim == 2 else np.repeat(source[:, None], 2, axis=1)
                 self._sound = pygame.sndarray.make_sound(np.ascontiguousarray(samples, dtype=np.int16))
             else:
-                pygame.mixer.music.load(str(path))
+                self._sound = None
+                pygame.mixer.music.load(str(source))
         except (pygame.error, ValueError) as error:
-            pygame.mixer.quit()
-            what = "the generated sound" if isinstance(source, np.ndarray) else f"audio file {path}"
-            raise AudioError(f"cannot play {what} ({error}): use an OGG, MP3 or WAV file in {config_key}") from error
+            what = "the generated sound" if isinstance(source, np.ndarray) else f"audio file {source}"
+            raise AudioError(f"cannot play {what} ({error}): use an OGG, MP3 or WAV file in {self._config_key}") \
+                from error
+
+    def set_source(self, source: Source) -> None:
+        """Switch to another sound (a scenario's next phase) at the current volume."""
+        self._check_source(source)
+        volume, audible = self.value, self.playing
+        self._off()
+        self._load(source)
+        if audible:
+            self._apply(volume)
 
     @property
     def playing(self) -> bool:

@@ -225,7 +225,7 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
     A lost serial link latches the bank off and then calls ``on_fault(reason)``. If any output
     fails to open, the ones already open are closed again and the error is raised.
     """
-    from relaxd.actuators.simulated import SimulatedActuator, SimulatedLight
+    from relaxd.actuators.simulated import SimulatedActuator, SimulatedLight, SimulatedSound
 
     s = settings
     opened: List[Any] = []
@@ -271,7 +271,7 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
                 return AudioOutput(s.sound_file, sample_rate=s.sample_rate)
             return AudioOutput(synthesize(s.sound_source, sample_rate=s.sample_rate, tone_hz=s.tone_hz,
                                           pulse_hz=s.pulse_hz), sample_rate=s.sample_rate)
-        return SimulatedActuator("sound", history_len=s.history_len)
+        return SimulatedSound("sound", history_len=s.history_len)
 
     try:
         light = make_light()

@@ -40,6 +40,18 @@ class SimulatedActuator(Actuator):
             self._history.append((self._clock(), value))
 
 
+class SimulatedSound(SimulatedActuator):
+    """A simulated sound output that also records which sound it was told to play."""
+
+    def __init__(self, name: str = "sound", *, history_len: int = 1000, clock: Clock = time.monotonic) -> None:
+        super().__init__(name, history_len=history_len, clock=clock)
+        self.sources: Deque[Tuple[float, str]] = collections.deque(maxlen=history_len)
+
+    def set_source(self, source: object) -> None:
+        label = str(source) if not hasattr(source, "shape") else f"generated {getattr(source, 'shape')}"
+        self.sources.append((self._clock(), label))
+
+
 class SimulatedLight(Light):
     """An RGB light that records ``(time, (red, green, blue))`` changes of its output duty."""
 

@@ -1,0 +1,485 @@
+"""The panel's screens, each drawn from the current ``PanelState`` on every frame.
+
+Screens are immediate-mode: ``draw`` lays out and paints the screen and rebuilds its
+``buttons``; a touch goes to the buttons of the last frame. A screen talks to the chair
+only through its ``Host`` (the app): ``send`` a command, ``go`` to another screen,
+``notice`` a message. Command results come back in ``on_outcome``.
+
+``Chrome`` is the frame around every screen: the alarm banner with Acknowledge, the
+notice line, the navigation and the large red STOP, which is on every screen,
+the disconnected one included.
+
+Layout in logical pixels (800x480)::
+
+    +--------------------------------------------+---------+
+    | alarm banner / title          [Acknowledge] |  STOP   |
+    | notice line                                 |         |
+    | content                                     +---------+
+    |                                             | Home    |
+    |                                             | Start   |
+    |                                             | Caps    |
+    |                                             | Settings|
+    +--------------------------------------------+---------+
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import pygame
+
+from relaxd import __version__
+from relaxd.ipc import PROTOCOL_VERSION
+from relaxd.panel.client import CHANNELS, Outcome, PanelState, Sample, Timeline
+from relaxd.panel.widgets import (ALARM_HIGH, ALARM_MEDIUM, BAD_RED, BUTTON, CHANNEL_COLOURS, GO_GREEN,
+                                  GROUP_COLOURS, MUTED, SELECTED, STATE_COLOURS, STOP_RED, SURFACE, TEXT, WARN_AMBER,
+                                  Banner, Bar, Button, Colour, Keypad, Painter, draw_dot, fit)
+from relaxd.settings import PanelSettings
+
+SIZE = (800, 480)
+STOP_RECT = pygame.Rect(636, 4, 160, 150)
+BANNER_RECT = pygame.Rect(0, 0, 628, 70)
+ACK_RECT = pygame.Rect(484, 4, 140, 62)
+NOTICE_POS = (12, 74)
+CONTENT = pygame.Rect(8, 100, 620, 376)
+NAV = (("home", "Home"), ("start", "Start"), ("caps", "Caps"), ("settings", "Settings"))
+NAV_TOP, NAV_STEP = 162, 78
+
+
+class Host(Protocol):
+    """What a screen may use of the app."""
+
+    settings: PanelSettings
+    socket_path: Path
+    pin: str
+
+    @property
+    def state(self) -> PanelState: ...
+
+    def timeline(self) -> tuple[Sample, ...]: ...
+
+    def now(self) -> float: ...
+
+    def retry_in(self) -> Optional[float]: ...
+
+    def send(self, cmd: str, *, tag: Optional[str] = None, **args: object) -> None: ...
+
+    def go(self, name: str) -> None: ...
+
+    def notice(self, text: str, colour: Colour = TEXT) -> None: ...
+
+
+class Screen:
+    """Base class: a name, the buttons of the last frame, hooks for the app."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.buttons: list[Button] = []
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        raise NotImplementedError
+
+    def on_enter(self, host: Host) -> None:
+        """Called when the app switches to this screen."""
+
+    def on_leave(self, host: Host) -> None:
+        """Called when the app switches away from this screen."""
+
+    def on_outcome(self, outcome: Outcome, host: Host) -> None:
+        """Every finished command, whoever sent it; screens pick theirs by ``outcome.tag``."""
+
+
+# --------------------------------------------------------------------------- the frame
+
+
+class Chrome:
+    """Banner, notice, navigation and STOP: the same on every screen."""
+
+    def __init__(self, on_stop: Callable[[], None]) -> None:
+        self.on_stop = on_stop
+        self.buttons: list[Button] = []
+
+    def draw(self, painter: Painter, host: Host, current: str, notice: Optional[tuple[str, Colour]]) -> None:
+        state = host.state
+        self.buttons = []
+        alarm = state.top_alarm if state.connected else None
+        if alarm is not None:
+            more = f"  (+{len(state.alarms) - 1} more)" if len(state.alarms) > 1 else ""
+            colour = ALARM_HIGH if alarm.priority == "high" else ALARM_MEDIUM
+            Banner(BANNER_RECT).draw(painter, f"ALARM {alarm.kind}: {alarm.message}{more}", colour,
+                                     text_width=ACK_RECT.left - 24)
+            self.buttons.append(Button(ACK_RECT, "Acknowledge", lambda: host.send("ack", tag="ack", id=alarm.id,
+                                                                                   by="panel"),
+                                       WARN_AMBER, text_size=28, text_colour=(20, 20, 20)))
+        else:
+            painter.box(BANNER_RECT, SURFACE, radius=0)
+            if state.connected:
+                title = f"Chair: {state.state.upper()}" + (f"  ·  {state.profile}" if state.profile else "")
+                painter.text(title, (12, BANNER_RECT.centery), 34, STATE_COLOURS.get(state.state, TEXT), "midleft")
+                if state.simulation:
+                    painter.text("SIMULATION", (BANNER_RECT.right - 12, BANNER_RECT.centery), 24, WARN_AMBER,
+                                 "midright")
+            else:
+                painter.text("Chair not connected", (12, BANNER_RECT.centery), 34, BAD_RED, "midleft")
+        if notice is not None:
+            text, colour = notice
+            painter.text(fit(painter.font(26), text, CONTENT.width - 8), NOTICE_POS, 26, colour)
+        if state.connected:
+            for index, (name, label) in enumerate(NAV):
+                rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, 70)
+                self.buttons.append(Button(rect, label, lambda name=name: host.go(name),
+                                           SELECTED if name == current else BUTTON))
+        self.buttons.append(Button(STOP_RECT, "STOP", self.on_stop, STOP_RED, text_size=60))
+        for button in self.buttons:
+            button.draw(painter)
+
+
+# --------------------------------------------------------------------------- home
+
+
+class HomeScreen(Screen):
+    """State and why, the child's affect and its timeline, output levels, health; pause/resume/end."""
+
+    name = "home"
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        state = host.state
+        left = CONTENT.left + 4
+        painter.text(state.state.upper(), (left, 104), 60, STATE_COLOURS.get(state.state, TEXT))
+        painter.wrapped(state.reason or "-", pygame.Rect(left, 150, 300, 44), 24, MUTED)
+        for row, (title, value) in enumerate((("Child", state.profile), ("Scenario", state.scenario),
+                                              ("Phase", state.phase))):
+            painter.text(f"{title}:", (330, 106 + row * 28), 26, MUTED)
+            painter.text(value or "-", (430, 106 + row * 28), 26)
+
+        self._draw_affect(painter, state, left)
+        self._draw_timeline(painter, host, pygame.Rect(left, 234, 604, 58))
+        for column, channel in enumerate(CHANNELS):
+            x = left + column * 206
+            cap = state.caps[channel]
+            painter.text(f"{channel.capitalize()} {state.levels[channel]:.2f}", (x, 316), 24)
+            painter.text(f"cap {cap:.2f}", (x + 192, 316), 20, MUTED, "topright")
+            Bar(pygame.Rect(x, 338, 192, 20), CHANNEL_COLOURS[channel]).draw(painter, state.levels[channel], cap)
+        for column, part in enumerate(state.health):
+            draw_dot(painter, (left + 10 + column * 124, 380), part.ok, part.title)
+
+        stimulating = state.state in ("starting", "running")
+        self.buttons = [
+            Button(pygame.Rect(left, 400, 192, 70), "Pause", lambda: host.send("pause"), enabled=stimulating),
+            Button(pygame.Rect(left + 206, 400, 192, 70), "Resume", lambda: host.send("resume"),
+                   enabled=state.state in ("paused", "halted")),
+            Button(pygame.Rect(left + 412, 400, 192, 70), "End session", lambda: host.send("stop"),
+                   enabled=stimulating or state.state in ("paused", "halted")),
+        ]
+        for button in self.buttons:
+            button.draw(painter)
+
+    @staticmethod
+    def _draw_affect(painter: Painter, state: PanelState, left: int) -> None:
+        painter.text("Affect:", (left, 202), 26, MUTED)
+        affect = state.affect
+        if affect is None:
+            painter.text("no reading yet", (left + 84, 202), 26, MUTED)
+            return
+        if not affect.face_present:
+            painter.text("no face", (left + 84, 202), 26, MUTED)
+        else:
+            painter.text(f"{affect.group} ({affect.label or '-'})", (left + 84, 200), 30,
+                         GROUP_COLOURS.get(affect.group, TEXT))
+        painter.text("confidence", (330, 202), 22, MUTED)
+        Bar(pygame.Rect(420, 200, 150, 22), GROUP_COLOURS.get(state.group, TEXT)).draw(
+            painter, affect.confidence if affect.face_present else 0.0)
+        painter.text(f"{affect.confidence:.0%}" if affect.face_present else "-", (578, 202), 24)
+
+    @staticmethod
+    def _draw_timeline(painter: Painter, host: Host, rect: pygame.Rect) -> None:
+        """The affect group as a coloured strip along the bottom, intensity as a line above it."""
+        painter.box(rect, SURFACE, radius=4)
+        window = host.settings.timeline_s
+        now = host.now()
+        samples = host.timeline()
+
+        def x_of(t: float) -> int:
+            return rect.left + round(rect.width * min(1.0, max(0.0, 1.0 - (now - t) / window)))
+
+        strip = pygame.Rect(rect.left, rect.bottom - 14, rect.width, 14)
+        gap = 3.0 * host.settings.poll_interval_s + 1.0
+        for start, end, group in Timeline.runs(samples, gap):
+            x0, x1 = x_of(start), x_of(end)
+            pygame.draw.rect(painter.surface, GROUP_COLOURS[group] if group in GROUP_COLOURS else MUTED,
+                             pygame.Rect(x0, strip.top, max(1, x1 - x0), strip.height))
+        line_area = rect.height - strip.height - 6
+        points = [(x_of(s.time), rect.top + 3 + round(line_area * (1.0 - s.intensity))) for s in samples]
+        if len(points) >= 2:
+            pygame.draw.lines(painter.surface, TEXT, False, points, 2)
+        minutes = window / 60.0
+        painter.text(f"-{minutes:g} min", (rect.left, rect.bottom + 2), 18, MUTED)
+        painter.text("affect (strip)  ·  intensity (line)", (rect.centerx, rect.bottom + 2), 18, MUTED, "midtop")
+        painter.text("now", (rect.right, rect.bottom + 2), 18, MUTED, "topright")
+
+
+# --------------------------------------------------------------------------- start
+
+
+class StartScreen(Screen):
+    """Pick a child profile and a scenario, then Start."""
+
+    name = "start"
+    PAGE = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.profiles: list[dict] = []
+        self.scenarios: list[dict] = []
+        self.profile: Optional[str] = None
+        self.scenario: Optional[str] = None
+        self.pages = {"profiles": 0, "scenarios": 0}
+        self.loading = False
+
+    def on_enter(self, host: Host) -> None:
+        self.loading = True
+        host.send("list_profiles", tag="profiles")
+        host.send("list_scenarios", tag="scenarios")
+
+    def on_outcome(self, outcome: Outcome, host: Host) -> None:
+        if outcome.tag == "profiles" and outcome.ok:
+            self.profiles = list(outcome.result)
+        elif outcome.tag == "scenarios":
+            self.loading = False
+            if outcome.ok:
+                self.scenarios = list(outcome.result)
+                if self.scenario is None:
+                    self.scenario = next((s["name"] for s in self.scenarios if s.get("default")), None)
+        elif outcome.tag == "start" and outcome.ok:
+            host.notice(f"Session started for {outcome.result['profile']} ({outcome.result['scenario']})", GO_GREEN)
+            host.go("home")
+
+    def pick_profile(self, pseudonym: str) -> None:
+        self.profile = pseudonym
+        preferred = next((p.get("preferred_scenario") for p in self.profiles if p["pseudonym"] == pseudonym), None)
+        if preferred and any(s["name"] == preferred for s in self.scenarios):
+            self.scenario = preferred
+
+    def new_profile(self) -> None:
+        """A fresh pseudonym (child-N): the panel has no keyboard, and a pseudonym is all a profile needs."""
+        taken = {p["pseudonym"] for p in self.profiles}
+        number = 1
+        while f"child-{number}" in taken:
+            number += 1
+        self.profiles.append({"pseudonym": f"child-{number}", "preferred_scenario": None})
+        self.pages["profiles"] = (len(self.profiles) - 1) // self.PAGE
+        self.pick_profile(f"child-{number}")
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        state = host.state
+        self.buttons = []
+        self._column(painter, "Child", "profiles", [p["pseudonym"] for p in self.profiles], self.profile,
+                     self.pick_profile, CONTENT.left + 4)
+        self.buttons.append(Button(pygame.Rect(CONTENT.left + 4 + 2 * 76, 330, 138, 60), "New child",
+                                   self.new_profile, text_size=28))
+        self._column(painter, "Scenario", "scenarios", [s["name"] for s in self.scenarios], self.scenario,
+                     self._pick_scenario, 318)
+        if self.loading:
+            painter.text("loading…", (CONTENT.left + 4, 420), 26, MUTED)
+        elif state.state != "idle":
+            why = "reset the e-stop in Settings" if state.state == "estopped" else "end that session on Home"
+            painter.wrapped(f"The chair is {state.state}: {why} first.", pygame.Rect(CONTENT.left + 4, 408, 296, 64),
+                            24, WARN_AMBER)
+        else:
+            painter.text(f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}",
+                         (CONTENT.left + 4, 428), 24)
+        ready = self.profile is not None and self.scenario is not None and state.state == "idle"
+        self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start", self._start, GO_GREEN, enabled=ready,
+                                   text_size=40))
+        for button in self.buttons:
+            button.draw(painter)
+
+    def _pick_scenario(self, name: str) -> None:
+        self.scenario = name
+
+    def _start(self) -> None:
+        self._host_send("start", tag="start", profile=self.profile, scenario=self.scenario)
+
+    def _column(self, painter: Painter, title: str, key: str, names: list[str], selected: Optional[str],
+                pick: Callable[[str], None], x: int) -> None:
+        """A paged list of names as buttons, with Prev/Next below it."""
+        pages = max(1, -(-len(names) // self.PAGE))
+        page = self.pages[key] = min(self.pages[key], pages - 1)
+        painter.text(f"{title} ({len(names)})" if names else f"{title}: none yet", (x, 104), 26, MUTED)
+        for row, name in enumerate(names[page * self.PAGE:(page + 1) * self.PAGE]):
+            self.buttons.append(Button(pygame.Rect(x, 128 + row * 66, 298, 60), name,
+                                       lambda name=name: pick(name), SELECTED if name == selected else BUTTON,
+                                       text_size=30))
+        self.buttons.append(Button(pygame.Rect(x, 330, 70, 60), "Prev", lambda: self._turn(key, -1, pages),
+                                   enabled=page > 0, text_size=26))
+        self.buttons.append(Button(pygame.Rect(x + 76, 330, 70, 60), "Next", lambda: self._turn(key, 1, pages),
+                                   enabled=page < pages - 1, text_size=26))
+
+    def _turn(self, key: str, step: int, pages: int) -> None:
+        self.pages[key] = min(pages - 1, max(0, self.pages[key] + step))
+
+    # The Start button's action runs outside draw(); keep the host of the last frame for it.
+    _host_send: Callable[..., None] = staticmethod(lambda *a, **k: None)
+
+    def bind(self, host: Host) -> None:
+        self._host_send = host.send
+
+
+# --------------------------------------------------------------------------- caps
+
+
+class CapsScreen(Screen):
+    """Lower (or raise again, up to 1) the child's light, sound and vibration caps."""
+
+    name = "caps"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[str, float] = {}  # sent, not yet confirmed: lets quick taps add up
+        self.note = ""
+
+    def on_outcome(self, outcome: Outcome, host: Host) -> None:
+        if outcome.tag != "caps":
+            return
+        sent = outcome.result if outcome.ok else None
+        self.pending.clear()
+        if sent is not None:
+            self.note = (f"Saved to {sent['profile']}'s profile" if sent["persisted"]
+                         else "No session: applies until the next session starts with its profile's caps")
+
+    def change(self, host: Host, channel: str, step: float) -> None:
+        current = self.pending.get(channel, host.state.caps[channel])
+        value = round(min(1.0, max(0.0, current + step)), 2)
+        self.pending[channel] = value
+        host.send("set_caps", tag="caps", **{channel: value})
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        state = host.state
+        step = host.settings.caps_step
+        painter.text("Caps: the most this child gets", (CONTENT.left + 4, 104), 32)
+        self.buttons = []
+        for row, channel in enumerate(CHANNELS):
+            y = 146 + row * 86
+            value = self.pending.get(channel, state.caps[channel])
+            painter.text(channel.capitalize(), (CONTENT.left + 4, y + 35), 32, TEXT, "midleft")
+            self.buttons.append(Button(pygame.Rect(140, y, 76, 70), "-", lambda c=channel: self.change(host, c, -step),
+                                       enabled=value > 0.0, text_size=56))
+            Bar(pygame.Rect(230, y + 38, 290, 24), CHANNEL_COLOURS[channel]).draw(painter, value)
+            painter.text(f"{value:.2f}" + ("  (sending)" if channel in self.pending else ""), (230, y + 8), 26)
+            painter.text(f"now {state.levels[channel]:.2f}", (520, y + 8), 22, MUTED, "topright")
+            self.buttons.append(Button(pygame.Rect(536, y, 76, 70), "+", lambda c=channel: self.change(host, c, step),
+                                       enabled=value < 1.0, text_size=56))
+        painter.wrapped(self.note or "Each touch moves a cap by "
+                        f"{step:g}. Caps are saved to the running session's profile.",
+                        pygame.Rect(CONTENT.left + 4, 410, 600, 60), 24, MUTED)
+        for button in self.buttons:
+            button.draw(painter)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class SettingsScreen(Screen):
+    """Behind the PIN: socket path, versions, health details and the e-stop reset."""
+
+    name = "settings"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlocked = False
+        self.error = ""
+        self._host: Optional[Host] = None
+        self.keypad = Keypad((316, 104), self._check_pin, key_size=(96, 64))
+
+    def _check_pin(self, entered: str) -> None:
+        assert self._host is not None
+        if hmac.compare_digest(entered.encode(), self._host.pin.encode()):
+            self.unlocked, self.error = True, ""
+        else:
+            self.error = "Wrong PIN - try again"
+
+    def on_enter(self, host: Host) -> None:
+        self._host = host
+        self.keypad.entered, self.error = "", ""
+
+    def on_leave(self, host: Host) -> None:
+        self.unlocked = False  # the PIN is asked again on every visit
+
+    def on_outcome(self, outcome: Outcome, host: Host) -> None:
+        if outcome.tag == "reset" and outcome.ok:
+            host.notice("E-stop reset: the chair is idle; start a session to stimulate again", GO_GREEN)
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        self._host = host
+        if self.unlocked:
+            self._draw_unlocked(painter, host)
+        else:
+            self._draw_keypad(painter)
+        for button in self.buttons:
+            button.draw(painter)
+
+    def _draw_keypad(self, painter: Painter) -> None:
+        left = CONTENT.left + 4
+        painter.text("Settings are locked", (left, 104), 32)
+        painter.text("Enter the PIN:", (left, 144), 26, MUTED)
+        field = pygame.Rect(left, 174, 280, 60)
+        painter.box(field, SURFACE)
+        painter.text(" ".join("*" * len(self.keypad.entered)) or " ", field.center, 44, TEXT, "center")
+        if self.error:
+            painter.text(self.error, (left, 250), 28, BAD_RED)
+        self.buttons = list(self.keypad.buttons)
+
+    def _draw_unlocked(self, painter: Painter, host: Host) -> None:
+        state = host.state
+        left = CONTENT.left + 4
+        painter.text("Settings", (left, 104), 32)
+        lines = [
+            ("Socket", str(host.socket_path)),
+            ("Panel", f"relaxd {__version__}, protocol v{PROTOCOL_VERSION}, pygame {pygame.version.ver} "
+                      f"(SDL {'.'.join(map(str, pygame.get_sdl_version()))})"),
+            ("Chair", "simulation (no hardware)" if state.simulation else "hardware"),
+            ("E-stop", f"LATCHED by {state.tripped_by}" if state.latched else "not latched"),
+        ] + [(part.title, ("ok, " if part.ok else "PROBLEM, ") + part.detail)
+             for part in state.health if part.key != "latch"]
+        for row, (title, value) in enumerate(lines):
+            y = 140 + row * 30
+            painter.text(f"{title}:", (left, y), 24, MUTED)
+            painter.text(fit(painter.font(24), value, 490), (left + 124, y), 24,
+                         BAD_RED if value.startswith(("LATCHED", "PROBLEM")) else TEXT)
+        resettable = state.latched or state.state == "estopped"
+        self.buttons = [
+            Button(pygame.Rect(left, 400, 300, 70), "Reset e-stop", lambda: host.send("reset", tag="reset", by="panel"),
+                   WARN_AMBER, enabled=resettable, text_colour=(20, 20, 20)),
+            Button(pygame.Rect(left + 316, 400, 180, 70), "Lock", self._lock),
+        ]
+
+    def _lock(self) -> None:
+        self.unlocked = False
+
+
+# --------------------------------------------------------------------------- disconnected
+
+
+class DisconnectedScreen(Screen):
+    """No daemon: say so plainly, show why and when the next attempt comes; only STOP stays."""
+
+    name = "disconnected"
+    TITLE = "Chair service not running — reconnecting…"
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        state = host.state
+        left = CONTENT.left + 4
+        self.buttons = []
+        if not state.problem:
+            painter.text("Connecting to the chair service…", (left, 120), 36)
+            return
+        painter.text(self.TITLE, (left, 120), 36, WARN_AMBER)
+        retry = host.retry_in()
+        painter.text("next attempt " + (f"in {retry:.0f} s" if retry and retry >= 0.5 else "now"),
+                     (left, 164), 26, MUTED)
+        bottom = painter.wrapped(state.problem, pygame.Rect(left, 204, 600, 150), 24, TEXT)
+        painter.wrapped("The chair's own emergency button works without this panel. "
+                        f"Socket: {host.socket_path}", pygame.Rect(left, max(bottom + 16, 370), 600, 100), 24, MUTED)
