@@ -39,7 +39,8 @@ from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, State, load_scenarios
 from relaxd.errors import RelaxdError
-from relaxd.ipc import ChairCommands, ControlServer, finite, resolve_socket_path
+from relaxd.commands import ChairCommands, finite
+from relaxd.ipc import ControlServer, resolve_socket_path
 from relaxd.safety import (EStopButton, HealthGate, LatchEvent, SafetyLatch, SystemdNotifier, Watchdog,
                            install_crash_hooks, install_signal_handlers)
 from relaxd.settings import Settings

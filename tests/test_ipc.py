@@ -27,9 +27,10 @@ import pytest
 
 from relaxd.control import State
 from relaxd.daemon import Chair
+from relaxd.commands import ChairCommands
 from relaxd.ipc import (BAD_ARGS, BAD_JSON, BAD_REQUEST, BUSY, LINE_TOO_LONG, NOT_FOUND, REJECTED, TIMEOUT,
-                        UNKNOWN_COMMAND, UNSUPPORTED_VERSION, ChairCommands, CommandError, ControlClient,
-                        ControlServer, IpcError, SocketInUseError)
+                        UNKNOWN_COMMAND, UNSUPPORTED_VERSION, CommandError, ControlClient, ControlServer, IpcError,
+                        SocketInUseError)
 from relaxd.relaxctl import main as relaxctl
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, Settings,
                              StoreSettings)

@@ -1,0 +1,248 @@
+"""The chair's command table: what each control-socket command does to a running ``Chair``.
+
+``relaxd.ipc.ControlServer`` frames requests and replies; ``ChairCommands.handle`` is its
+dispatch. Commands that touch the controller (not thread-safe) run on the control-loop
+thread through ``Chair.call_in_control_loop``; ``estop`` trips the safety latch directly
+on the socket thread, never behind a queue.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+import structlog
+
+from relaxd.alerts import AlertError
+from relaxd.control import CommandRejected, ProfileError, State
+from relaxd.errors import RelaxdError
+from relaxd.ipc import BAD_ARGS, FAILED, NOT_FOUND, REJECTED, TIMEOUT, UNKNOWN_COMMAND, CommandError
+from relaxd.safety import ResetRefusedError
+from relaxd.store import InvalidRecordError, RecordNotFoundError
+
+if TYPE_CHECKING:
+    from relaxd.daemon import Chair
+
+log = structlog.get_logger(__name__)
+
+
+
+
+class _Args:
+    """A request's arguments, read with checks that name the argument and the fix."""
+
+    def __init__(self, cmd: str, args: Mapping[str, Any]) -> None:
+        self.cmd, self._args = cmd, args
+
+    def text(self, name: str, *, required: bool = False, default: Optional[str] = None,
+             max_len: int = 128) -> Optional[str]:
+        value = self._args.get(name)
+        if value is None:
+            if required:
+                raise CommandError(BAD_ARGS, f"{self.cmd} needs the argument {name!r}")
+            return default
+        if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+            raise CommandError(BAD_ARGS, f"{self.cmd}: {name!r} must be a non-empty string of at most "
+                                         f"{max_len} characters, got {value!r}")
+        return value.strip()
+
+    def number(self, name: str, low: float, high: float) -> Optional[float]:
+        value = self._args.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise CommandError(BAD_ARGS, f"{self.cmd}: {name!r} must be a number from {low:g} to {high:g}, "
+                                         f"got {value!r}")
+        return float(value)
+
+    def integer(self, name: str, low: int, high: int, default: int) -> int:
+        value = self._args.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CommandError(BAD_ARGS, f"{self.cmd}: {name!r} must be a whole number from {low} to {high}, "
+                                         f"got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Command:
+    run: Callable[["ChairCommands", _Args], Any]
+    args: tuple[str, ...] = ()
+
+
+class ChairCommands:
+    """The command table of a running ``Chair``; ``handle`` is the server's dispatch."""
+
+    def __init__(self, chair: "Chair", timeout_s: float) -> None:
+        self.chair = chair
+        self.timeout_s = timeout_s
+
+    def handle(self, cmd: str, args: dict[str, Any]) -> Any:
+        from relaxd.daemon import CommandTimeoutError  # here: the daemon imports this module
+
+        command = COMMANDS.get(cmd)
+        if command is None:
+            raise CommandError(UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+        unknown = set(args) - set(command.args)
+        if unknown:
+            allowed = ", ".join(command.args) or "none"
+            raise CommandError(BAD_ARGS, f"{cmd}: unknown argument(s) {sorted(unknown)}; allowed: {allowed}")
+        try:
+            return command.run(self, _Args(cmd, args))
+        except (CommandRejected, ResetRefusedError) as exc:
+            raise CommandError(REJECTED, str(exc)) from exc
+        except RecordNotFoundError as exc:
+            raise CommandError(NOT_FOUND, str(exc)) from exc
+        except (ProfileError, InvalidRecordError, AlertError) as exc:
+            raise CommandError(BAD_ARGS, str(exc)) from exc
+        except CommandTimeoutError as exc:
+            raise CommandError(TIMEOUT, str(exc)) from exc
+        except CommandError:
+            raise
+        except RelaxdError as exc:
+            raise CommandError(FAILED, str(exc)) from exc
+
+    def _in_loop(self, command: Callable[[float], Any]) -> Any:
+        return self.chair.call_in_control_loop(command, self.timeout_s)
+
+    def _state(self) -> str:
+        return self.chair.controller.state.value
+
+    # -- commands -------------------------------------------------------------------------
+
+    def status(self, args: _Args) -> dict[str, Any]:
+        return self.chair.status()
+
+    def start(self, args: _Args) -> dict[str, Any]:
+        profile = args.text("profile", required=True, max_len=64)
+        scenario = args.text("scenario")
+        chair = self.chair
+
+        def start(now: float) -> tuple[dict[str, Any], list]:
+            # Checked before start_session, which creates the profile and sets caps first.
+            if chair.controller.state != State.IDLE:
+                raise CommandRejected(f"cannot start a session while {chair.controller.state}; "
+                                      "stop it (or reset the emergency stop) first")
+            if scenario is not None and scenario not in chair.controller.scenario_names:
+                raise CommandRejected(f"no scenario named {scenario!r}; choose one of {chair.controller.scenario_names}")
+            chair.start_session(profile, scenario, now)
+            return {"state": self._state(), "session_id": chair.session_id, "profile": profile,
+                    "scenario": chair.controller.scenario}, []
+
+        return self._in_loop(start)
+
+    def _operator(self, action: str) -> dict[str, Any]:
+        def run(now: float) -> tuple[dict[str, Any], list]:
+            events = getattr(self.chair.controller, action)(now)
+            return {"state": self._state()}, events
+
+        return self._in_loop(run)
+
+    def pause(self, args: _Args) -> dict[str, Any]:
+        return self._operator("pause")
+
+    def resume(self, args: _Args) -> dict[str, Any]:
+        return self._operator("resume")
+
+    def stop(self, args: _Args) -> dict[str, Any]:
+        return self._operator("stop")
+
+    def estop(self, args: _Args) -> dict[str, Any]:
+        """Straight to the latch on this thread: outputs are off before the reply is sent."""
+        latch = self.chair.latch
+        newly = latch.trip(args.text("by", default="socket", max_len=64), "emergency stop over the control socket")
+        levels = self.chair.bank.levels
+        return {"latched": latch.latched, "newly_latched": newly, "tripped_by": latch.tripped_by,
+                "levels": {"light": levels.light_brightness, "sound": levels.sound_volume,
+                           "vibration": levels.vibration}}
+
+    def reset(self, args: _Args) -> dict[str, Any]:
+        by = args.text("by", default="socket", max_len=64)
+        chair = self.chair
+
+        def reset(now: float) -> tuple[dict[str, Any], list]:
+            if not chair.latch.latched and chair.controller.state != State.ESTOPPED:
+                raise CommandRejected("the emergency stop is not latched: nothing to reset")
+            chair.latch.reset(by)  # ResetRefusedError while the button is still pressed
+            chair.bank.reset_latch()
+            if chair.latch.latched:  # tripped again meanwhile: the trip wins
+                chair.bank.all_off("e-stop tripped during reset")
+                raise CommandRejected("the emergency stop tripped again during the reset; check the chair, "
+                                      "then reset again")
+            events = chair.controller.reset_estop(now)
+            return {"state": self._state(), "latched": False}, events
+
+        return self._in_loop(reset)
+
+    def ack(self, args: _Args) -> dict[str, Any]:
+        alert_id = args.text("id", required=True)
+        by = args.text("by", default="socket", max_len=64)
+        if self.chair.alerts is None:
+            raise CommandError(FAILED, "alerts are not running")
+        return self.chair.alerts.acknowledge(alert_id, by).to_dict()
+
+    def set_caps(self, args: _Args) -> dict[str, Any]:
+        caps = {name: args.number(name, 0.0, 1.0) for name in ("light", "sound", "vibration")}
+        caps = {name: value for name, value in caps.items() if value is not None}
+        if not caps:
+            raise CommandError(BAD_ARGS, "set_caps needs at least one of light, sound, vibration (each 0..1)")
+        chair = self.chair
+
+        def set_caps(now: float) -> tuple[dict[str, Any], list]:
+            chair.bank.set_caps(**caps)
+            profile = None
+            if chair.session_id is not None and chair.store is not None:
+                profile_id = chair.store.get_session(chair.session_id).profile_id
+                if profile_id is not None:
+                    fields = {f"{name}_cap": value for name, value in caps.items()}
+                    profile = chair.store.update_profile(profile_id, **fields).pseudonym
+            return {"caps": chair.bank.caps, "profile": profile, "persisted": profile is not None}, []
+
+        return self._in_loop(set_caps)
+
+    def list_profiles(self, args: _Args) -> list[dict[str, Any]]:
+        return [asdict(profile) for profile in self._store().list_profiles()]
+
+    def list_scenarios(self, args: _Args) -> list[dict[str, Any]]:
+        default = self.chair.settings.control.default_scenario
+        return [{"name": name, "default": name == default} for name in self.chair.controller.scenario_names]
+
+    def list_sessions(self, args: _Args) -> list[dict[str, Any]]:
+        store = self._store()
+        limit = args.integer("limit", 1, 1000, 20)
+        pseudonym = args.text("profile", max_len=64)
+        names = {p.id: p.pseudonym for p in store.list_profiles()}
+        profile_id = None
+        if pseudonym is not None:
+            found = store.find_profile(pseudonym)
+            if found is None:
+                raise CommandError(NOT_FOUND, f"no profile named {pseudonym!r} (see list_profiles)")
+            profile_id = found.id
+        return [{**asdict(s), "profile": names.get(s.profile_id)}
+                for s in store.list_sessions(profile_id=profile_id, limit=limit)]
+
+    def _store(self) -> Any:
+        if self.chair.store is None:
+            raise CommandError(FAILED, "the session store is not open")
+        return self.chair.store
+
+
+COMMANDS: dict[str, _Command] = {
+    "status": _Command(ChairCommands.status),
+    "start": _Command(ChairCommands.start, ("profile", "scenario")),
+    "pause": _Command(ChairCommands.pause),
+    "resume": _Command(ChairCommands.resume),
+    "stop": _Command(ChairCommands.stop),
+    "estop": _Command(ChairCommands.estop, ("by",)),
+    "reset": _Command(ChairCommands.reset, ("by",)),
+    "ack": _Command(ChairCommands.ack, ("id", "by")),
+    "set_caps": _Command(ChairCommands.set_caps, ("light", "sound", "vibration")),
+    "list_profiles": _Command(ChairCommands.list_profiles),
+    "list_scenarios": _Command(ChairCommands.list_scenarios),
+    "list_sessions": _Command(ChairCommands.list_sessions, ("limit", "profile")),
+}
+
+
+def finite(value: float) -> Optional[float]:
+    """JSON has no infinity: None for a value that is not a finite number."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
