@@ -53,6 +53,8 @@ CONTROL_PERIOD_S = 0.05
 """The control loop runs at 20 Hz: fast enough for smooth ramps, far inside the watchdog deadline."""
 
 READING_QUEUE = 64
+REPORT_EVENTS = 500
+"""The exit report keeps the newest events only (the store keeps them all), so weeks of uptime stay small."""
 
 
 class CommandTimeoutError(RelaxdError):
@@ -121,7 +123,7 @@ class RunReport:
     seconds: float = 0.0
     frames: int = 0
     readings: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REPORT_EVENTS))
     final_state: str = ""
     session_id: Optional[int] = None
 
@@ -150,7 +152,6 @@ class Chair:
         # Operator commands for the control-loop thread: (command(now) -> (result, events), future).
         self._commands: queue.SimpleQueue[tuple[Callable[[float], Any], Future]] = queue.SimpleQueue()
         self._view: Optional[ControlView] = None
-        self._events_seen = 0
         self._last_transition: Optional[dict[str, Any]] = None
         self._last_reading: Optional[AffectReading] = None
         self.ipc: Optional[ControlServer] = None
@@ -255,6 +256,8 @@ class Chair:
         for event in events:
             data = event.to_dict()
             self.report.events.append(data)
+            if data["state_from"] != data["state_to"]:
+                self._last_transition = {k: data[k] for k in ("kind", "state_from", "state_to", "reason")}
             log.info("controller.event", **{k: v for k, v in data.items() if k != "time"})
             self.store.add_event(self._session_id, data["kind"], from_state=data["state_from"],
                                  to_state=data["state_to"], reason=data["reason"], data=data["data"])
@@ -357,11 +360,6 @@ class Chair:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-        events = self.report.events
-        for event in events[self._events_seen:]:
-            if event["state_from"] != event["state_to"]:
-                self._last_transition = {k: event[k] for k in ("kind", "state_from", "state_to", "reason")}
-        self._events_seen = len(events)
         self._view = self._control_view(now)
 
     def _control_view(self, now: float) -> ControlView:
