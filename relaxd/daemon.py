@@ -68,6 +68,7 @@ class ControlView:
     time: float
     state: str
     scenario: Optional[str]
+    phase: Optional[str]
     intensity: float
     session_id: Optional[int]
     transition: Optional[dict[str, Any]]  # the last event that changed the state
@@ -144,6 +145,7 @@ class Chair:
         self._camera_problems: collections.deque[str] = collections.deque(maxlen=8)
         self._link_faults = 0
         self._sound_key: Optional[tuple] = None
+        self._phase: Optional[str] = None
         self._session_id: Optional[int] = None
         self._accumulator: Optional[AffectSecondAccumulator] = None
         self._last_stimulus_second = -1
@@ -285,6 +287,7 @@ class Chair:
                 if row is not None:
                     self.store.add_affect_second(self._session_id, row)
         output = self.controller.tick(now)
+        self._phase = output.phase
         self._record(output.events)
         self._follow_scenario_sound(output.targets.sound)
         if not self.latch.latched:
@@ -363,8 +366,8 @@ class Chair:
         self._view = self._control_view(now)
 
     def _control_view(self, now: float) -> ControlView:
-        return ControlView(now, self.controller.state.value, self.controller.scenario, self.controller.intensity,
-                           self._session_id, self._last_transition, self._last_reading)
+        return ControlView(now, self.controller.state.value, self.controller.scenario, self._phase,
+                           self.controller.intensity, self._session_id, self._last_transition, self._last_reading)
 
     def _fail_pending_commands(self) -> None:
         while True:
@@ -394,6 +397,7 @@ class Chair:
             "reason": view.transition["reason"] if view.transition else "",
             "last_transition": view.transition,
             "scenario": view.scenario,
+            "phase": view.phase,
             "session": session,
             "intensity": view.intensity,
             "levels": {"light": levels.light_brightness, "light_rgb": list(levels.light_rgb),

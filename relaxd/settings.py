@@ -215,3 +215,4 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ipc: IpcSettings = field(default_factory=IpcSettings)
+    panel: PanelSettings = field(default_factory=PanelSettings)

@@ -72,6 +72,9 @@ def test_a_simulated_session_stimulates_and_is_recorded(tmp_path, tiny_model, de
     chair = Chair(chair_settings(tmp_path, tiny_model, demo_clip))
     thread = run_in_thread(chair, profile="kid-a", scenario="calm-sea")
     assert wait_for(lambda: chair.bank.light.value > 0.0 and chair.report.readings > 5), "the light never came on"
+    status = chair.status()
+    assert status["scenario"] == "calm-sea" and status["phase"], status
+    assert status["session"]["profile"] == "kid-a" and status["levels"]["light"] > 0
     chair.request_stop("test")
     thread.join(10)
     assert not thread.is_alive()

@@ -14,7 +14,11 @@ No camera preview: the socket protocol carries no frames, on purpose, because no
 of the child may leave the daemon.
 """
 
+import os
+
 from relaxd.errors import RelaxdError
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # the panel's modules import pygame after this
 
 
 class PanelError(RelaxdError):

@@ -240,6 +240,7 @@ class ChairLink:
         self._lock = threading.Lock()
         self._state = PanelState.offline()
         self._retry_at: Optional[float] = None
+        self._asked_at = float("-inf")  # when the published state's status was asked for
         self._timeline = Timeline(settings.timeline_s)
         self._commands: queue.Queue[Optional[tuple[str, str, dict[str, Any]]]] = queue.Queue()
         self._outcomes: queue.Queue[Outcome] = queue.Queue()
@@ -301,6 +302,7 @@ class ChairLink:
         client: Optional[ControlClient] = None
         backoff = self.settings.reconnect_initial_s
         while not self._stop.is_set():
+            asked_at = self._clock()
             try:
                 if client is None:
                     client = ControlClient(self.path, timeout_s=self.settings.request_timeout_s).connect()
@@ -316,14 +318,20 @@ class ChairLink:
                 state = PanelState.offline(str(exc))
                 wait, backoff = backoff, min(backoff * 2.0, self.settings.reconnect_max_s)
                 retry_at = self._clock() + wait
-            with self._lock:
-                if state.connected and not self._state.connected:
-                    log.info("panel.connected", socket=str(self.path))
-                self._state, self._retry_at = state, retry_at
-                self._timeline.add(self._clock(), state)
+            self._publish(state, asked_at, retry_at)
             self._stop.wait(wait)
         if client is not None:
             client.close()
+
+    def _publish(self, state: PanelState, asked_at: float, retry_at: Optional[float] = None) -> None:
+        """Make ``state`` the current one, unless a newer status (asked for later) is already there."""
+        with self._lock:
+            if asked_at < self._asked_at:
+                return
+            if state.connected and not self._state.connected:
+                log.info("panel.connected", socket=str(self.path))
+            self._state, self._asked_at, self._retry_at = state, asked_at, retry_at
+            self._timeline.add(self._clock(), state)
 
     def _work(self) -> None:
         while True:
@@ -334,13 +342,27 @@ class ChairLink:
             self._call(cmd, tag, args, self.settings.request_timeout_s)
 
     def _call(self, cmd: str, tag: str, args: dict[str, Any], timeout_s: float) -> None:
-        """One command on a fresh connection: a connection idle for long may have been dropped by the daemon."""
+        """One command on a fresh connection (a connection idle for long may have been dropped by the daemon).
+
+        A command that changed something is followed by a fresh status, published before the
+        outcome: when the UI sees the outcome, the state it draws already shows its effect.
+        """
         try:
             with ControlClient(self.path, timeout_s=timeout_s) as client:
-                outcome = Outcome(cmd, tag, True, client.call(cmd, **args))
-        except CommandError as exc:
-            outcome = Outcome(cmd, tag, False, code=exc.code, message=exc.message)
+                try:
+                    outcome = Outcome(cmd, tag, True, client.call(cmd, **args))
+                except CommandError as exc:
+                    outcome = Outcome(cmd, tag, False, code=exc.code, message=exc.message)
+                if outcome.ok and not cmd.startswith("list_"):
+                    self._refresh(client)
         except RelaxdError as exc:
             outcome = Outcome(cmd, tag, False, code=UNREACHABLE, message=str(exc))
         log.info("panel.command", cmd=cmd, ok=outcome.ok, code=outcome.code or None)
         self._outcomes.put(outcome)
+
+    def _refresh(self, client: ControlClient) -> None:
+        asked_at = self._clock()
+        try:
+            self._publish(PanelState.from_status(client.call("status")), asked_at)
+        except RelaxdError as exc:  # the command went through; the poller will catch up
+            log.debug("panel.refresh_failed", error=str(exc))

@@ -53,7 +53,6 @@ class Host(Protocol):
 
     settings: PanelSettings
     socket_path: Path
-    pin: str
 
     @property
     def state(self) -> PanelState: ...
@@ -104,7 +103,7 @@ class Chrome:
 
     def draw(self, painter: Painter, host: Host, current: str, notice: Optional[tuple[str, Colour]]) -> None:
         state = host.state
-        self.buttons = []
+        self.buttons = [Button(STOP_RECT, "STOP", self.on_stop, STOP_RED, text_size=60)]  # first: hit-tested first
         alarm = state.top_alarm if state.connected else None
         if alarm is not None:
             more = f"  (+{len(state.alarms) - 1} more)" if len(state.alarms) > 1 else ""
@@ -132,7 +131,6 @@ class Chrome:
                 rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, 70)
                 self.buttons.append(Button(rect, label, lambda name=name: host.go(name),
                                            SELECTED if name == current else BUTTON))
-        self.buttons.append(Button(STOP_RECT, "STOP", self.on_stop, STOP_RED, text_size=60))
         for button in self.buttons:
             button.draw(painter)
 
@@ -163,8 +161,9 @@ class HomeScreen(Screen):
             painter.text(f"{channel.capitalize()} {state.levels[channel]:.2f}", (x, 316), 24)
             painter.text(f"cap {cap:.2f}", (x + 192, 316), 20, MUTED, "topright")
             Bar(pygame.Rect(x, 338, 192, 20), CHANNEL_COLOURS[channel]).draw(painter, state.levels[channel], cap)
-        for column, part in enumerate(state.health):
-            draw_dot(painter, (left + 10 + column * 124, 380), part.ok, part.title)
+        x = left + 10
+        for part in state.health:
+            x = draw_dot(painter, (x, 380), part.ok, part.title) + 28
 
         stimulating = state.state in ("starting", "running")
         self.buttons = [
@@ -292,16 +291,15 @@ class StartScreen(Screen):
             painter.text(f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}",
                          (CONTENT.left + 4, 428), 24)
         ready = self.profile is not None and self.scenario is not None and state.state == "idle"
-        self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start", self._start, GO_GREEN, enabled=ready,
-                                   text_size=40))
+        self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start",
+                                   lambda: host.send("start", tag="start", profile=self.profile,
+                                                     scenario=self.scenario),
+                                   GO_GREEN, enabled=ready, text_size=40))
         for button in self.buttons:
             button.draw(painter)
 
     def _pick_scenario(self, name: str) -> None:
         self.scenario = name
-
-    def _start(self) -> None:
-        self._host_send("start", tag="start", profile=self.profile, scenario=self.scenario)
 
     def _column(self, painter: Painter, title: str, key: str, names: list[str], selected: Optional[str],
                 pick: Callable[[str], None], x: int) -> None:
@@ -321,12 +319,6 @@ class StartScreen(Screen):
     def _turn(self, key: str, step: int, pages: int) -> None:
         self.pages[key] = min(pages - 1, max(0, self.pages[key] + step))
 
-    # The Start button's action runs outside draw(); keep the host of the last frame for it.
-    _host_send: Callable[..., None] = staticmethod(lambda *a, **k: None)
-
-    def bind(self, host: Host) -> None:
-        self._host_send = host.send
-
 
 # --------------------------------------------------------------------------- caps
 
@@ -338,22 +330,25 @@ class CapsScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: dict[str, float] = {}  # sent, not yet confirmed: lets quick taps add up
+        self.pending: dict[str, float] = {}  # sent, not yet answered: lets quick taps add up
+        self.in_flight = 0
         self.note = ""
 
     def on_outcome(self, outcome: Outcome, host: Host) -> None:
         if outcome.tag != "caps":
             return
-        sent = outcome.result if outcome.ok else None
-        self.pending.clear()
-        if sent is not None:
-            self.note = (f"Saved to {sent['profile']}'s profile" if sent["persisted"]
+        self.in_flight -= 1
+        if self.in_flight == 0:  # the state (refreshed before the outcome) now shows every change
+            self.pending.clear()
+        if outcome.ok:
+            self.note = (f"Saved to {outcome.result['profile']}'s profile" if outcome.result["persisted"]
                          else "No session: applies until the next session starts with its profile's caps")
 
     def change(self, host: Host, channel: str, step: float) -> None:
         current = self.pending.get(channel, host.state.caps[channel])
         value = round(min(1.0, max(0.0, current + step)), 2)
         self.pending[channel] = value
+        self.in_flight += 1
         host.send("set_caps", tag="caps", **{channel: value})
 
     def draw(self, painter: Painter, host: Host) -> None:
@@ -387,22 +382,20 @@ class SettingsScreen(Screen):
 
     name = "settings"
 
-    def __init__(self) -> None:
+    def __init__(self, pin: str) -> None:
         super().__init__()
+        self._pin = pin
         self.unlocked = False
         self.error = ""
-        self._host: Optional[Host] = None
         self.keypad = Keypad((316, 104), self._check_pin, key_size=(96, 64))
 
     def _check_pin(self, entered: str) -> None:
-        assert self._host is not None
-        if hmac.compare_digest(entered.encode(), self._host.pin.encode()):
+        if hmac.compare_digest(entered.encode(), self._pin.encode()):
             self.unlocked, self.error = True, ""
         else:
             self.error = "Wrong PIN - try again"
 
     def on_enter(self, host: Host) -> None:
-        self._host = host
         self.keypad.entered, self.error = "", ""
 
     def on_leave(self, host: Host) -> None:
@@ -413,7 +406,6 @@ class SettingsScreen(Screen):
             host.notice("E-stop reset: the chair is idle; start a session to stimulate again", GO_GREEN)
 
     def draw(self, painter: Painter, host: Host) -> None:
-        self._host = host
         if self.unlocked:
             self._draw_unlocked(painter, host)
         else:

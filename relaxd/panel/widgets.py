@@ -8,6 +8,7 @@ nothing needs installing on the Pi.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -52,23 +53,33 @@ class PanelLayoutError(PanelError):
     """A widget was laid out too small to touch: a bug in a screen's layout."""
 
 
+@functools.lru_cache(maxsize=None)
+def font(size: int) -> pygame.font.Font:
+    """pygame's built-in font at ``size`` px, loaded once (a handful of sizes are used)."""
+    return pygame.font.Font(None, size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rendered(text: str, size: int, colour: Colour) -> pygame.Surface:
+    """Rendered text, cached: most labels are the same from one frame to the next (a Pi 4 notices)."""
+    return font(size).render(text, True, colour)
+
+
 class Painter:
     """Draws on one frame's surface and remembers the text it drew (for the tests, and for debugging)."""
 
     def __init__(self, surface: pygame.Surface) -> None:
         self.surface = surface
         self.labels: list[str] = []
-        self._fonts: dict[int, pygame.font.Font] = {}
 
-    def font(self, size: int) -> pygame.font.Font:
-        if size not in self._fonts:
-            self._fonts[size] = pygame.font.Font(None, size)
-        return self._fonts[size]
+    @staticmethod
+    def font(size: int) -> pygame.font.Font:
+        return font(size)
 
     def text(self, text: str, pos: tuple[int, int], size: int = 28, colour: Colour = TEXT,
              anchor: str = "topleft") -> pygame.Rect:
         """Draw one line; ``anchor`` is a pygame.Rect attribute (``center``, ``midleft``...) placed at ``pos``."""
-        image = self.font(size).render(text, True, colour)
+        image = _rendered(text, size, tuple(colour))
         rect = image.get_rect(**{anchor: pos})
         self.surface.blit(image, rect)
         self.labels.append(text)
@@ -175,10 +186,10 @@ class Banner:
         painter.text(line, (self.rect.left + 12, self.rect.centery), 28, TEXT, "midleft")
 
 
-def draw_dot(painter: Painter, centre: tuple[int, int], ok: bool, caption: str) -> None:
-    """A health dot: green when ok, red when not, with its caption to the right."""
+def draw_dot(painter: Painter, centre: tuple[int, int], ok: bool, caption: str) -> int:
+    """A health dot: green when ok, red when not, with its caption to the right; returns the caption's right end."""
     pygame.draw.circle(painter.surface, OK_GREEN if ok else BAD_RED, centre, 9)
-    painter.text(caption, (centre[0] + 16, centre[1]), 24, TEXT if ok else BAD_RED, "midleft")
+    return painter.text(caption, (centre[0] + 16, centre[1]), 24, TEXT if ok else BAD_RED, "midleft").right
 
 
 class Keypad:
