@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from relaxd.affect import AffectAggregator, AffectReading
 from relaxd.settings import Settings
-from relaxd.vision.classifier import EmotionClassifier, default_model_path
+from relaxd.vision.classifier import EmotionClassifier
 from relaxd.vision.detector import FaceDetector
 from relaxd.vision.preprocess import Box, face_to_input
 
@@ -58,8 +57,7 @@ class VisionPipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "VisionPipeline":
-        model = Path(settings.classifier.model) if settings.classifier.model else default_model_path()
-        classifier = EmotionClassifier(model, threads=settings.classifier.threads)
+        classifier = EmotionClassifier.from_settings(settings.classifier)
         detector = FaceDetector(settings.detector)
         return cls(detector, classifier, AffectAggregator(settings.affect, classifier.metadata))
 
