@@ -3,13 +3,17 @@
 ``relaxd.ipc.ControlServer`` frames requests and replies; ``ChairCommands.handle`` is its
 dispatch. Commands that touch the controller (not thread-safe) run on the control-loop
 thread through ``Chair.call_in_control_loop``; ``estop`` trips the safety latch directly
-on the socket thread, never behind a queue.
+on the socket thread, never behind a queue. ``report`` reads only the store (thread-safe),
+so it also runs on the socket thread: rendering a picture never delays the control loop.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import structlog
@@ -17,7 +21,9 @@ import structlog
 from relaxd.alerts import AlertError
 from relaxd.control import CommandRejected, ProfileError, State
 from relaxd.errors import RelaxdError
-from relaxd.ipc import BAD_ARGS, FAILED, NOT_FOUND, REJECTED, TIMEOUT, UNKNOWN_COMMAND, CommandError
+from relaxd.ipc import (BAD_ARGS, FAILED, NOT_FOUND, REJECTED, TIMEOUT, UNKNOWN_COMMAND, CommandError,
+                        resolve_socket_path)
+from relaxd.report import LATEST, ReportError, UnknownSessionError, render_session_report, resolve_session
 from relaxd.safety import ResetRefusedError
 from relaxd.store import InvalidRecordError, RecordNotFoundError
 
@@ -26,7 +32,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-
+REPORTS_DIR = "reports"  # beside the control socket, in the daemon's runtime folder
+REPORTS_DIR_MODE = 0o750  # the daemon writes; the socket's group (relaxctl, the panel) reads
+REPORT_FILE_MODE = 0o640
 
 
 class _Args:
@@ -56,6 +64,16 @@ class _Args:
                                          f"got {value!r}")
         return float(value)
 
+    def id_or_word(self, name: str, word: str) -> int | str:
+        """A required record id (a whole number), or ``word`` (such as "latest")."""
+        value = self._args.get(name)
+        if value is None:
+            raise CommandError(BAD_ARGS, f"{self.cmd} needs the argument {name!r}: an id or {word!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise CommandError(BAD_ARGS, f"{self.cmd}: {name!r} must be an id (a whole number) or {word!r}, "
+                                         f"got {value!r}")
+        return value
+
     def integer(self, name: str, low: int, high: int, default: int) -> int:
         value = self._args.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -76,6 +94,7 @@ class ChairCommands:
     def __init__(self, chair: "Chair", timeout_s: float) -> None:
         self.chair = chair
         self.timeout_s = timeout_s
+        self._reporting = threading.Lock()  # one render at a time: same temporary names, and a Pi's CPU
 
     def handle(self, cmd: str, args: dict[str, Any]) -> Any:
         from relaxd.daemon import CommandTimeoutError  # here: the daemon imports this module
@@ -221,6 +240,53 @@ class ChairCommands:
         return [{**asdict(s), "profile": names.get(s.profile_id)}
                 for s in store.list_sessions(profile_id=profile_id, limit=limit)]
 
+    def report(self, args: _Args) -> dict[str, Any]:
+        """The session's report picture and table, written beside the socket; replies their paths."""
+        spec = args.id_or_word("session", LATEST)
+        store = self._store()
+        try:
+            session_id = resolve_session(store, spec)
+        except UnknownSessionError as exc:
+            raise CommandError(NOT_FOUND, str(exc)) from exc
+        except ReportError as exc:
+            raise CommandError(BAD_ARGS, str(exc)) from exc
+        folder = self._reports_dir()
+        try:
+            with self._reporting:
+                png, table = render_session_report(store, session_id, folder)
+                for path in (png, table):
+                    os.chmod(path, REPORT_FILE_MODE)
+        except UnknownSessionError as exc:
+            raise CommandError(NOT_FOUND, str(exc)) from exc
+        except (ReportError, OSError) as exc:  # matplotlib missing, folder not writable
+            raise CommandError(FAILED, str(exc)) from exc
+        log.info("ipc.report", session=session_id, png=str(png))
+        return {"session": session_id, "png": str(png), "csv": str(table)}
+
+    def _reports_dir(self) -> Path:
+        """``reports/`` beside the socket: mode 0750 and the socket's group, so relaxctl and the panel may read."""
+        socket_path = resolve_socket_path(self.chair.settings.ipc.socket)
+        if socket_path is None:
+            raise CommandError(FAILED, "ipc.socket is empty: there is no runtime folder to write reports into")
+        folder = socket_path.parent / REPORTS_DIR
+        try:
+            folder.mkdir(mode=REPORTS_DIR_MODE, exist_ok=True)
+            info = os.stat(folder)
+            if info.st_uid == os.geteuid():  # ours: mkdir's mode was cut by the umask, and the group is the daemon's
+                os.chmod(folder, REPORTS_DIR_MODE)
+                group = os.stat(socket_path).st_gid if socket_path.exists() else info.st_gid
+                if group != info.st_gid:
+                    os.chown(folder, -1, group)
+        except PermissionError as exc:
+            if not folder.is_dir():
+                raise CommandError(FAILED, f"cannot create the reports folder {folder} ({exc}): the folder of "
+                                           "ipc.socket must be writable by the relaxd user") from exc
+            log.info("ipc.reports_group_not_set", folder=str(folder), error=str(exc))
+        except OSError as exc:
+            raise CommandError(FAILED, f"cannot create the reports folder {folder} ({exc}): the folder of "
+                                       "ipc.socket must be writable by the relaxd user") from exc
+        return folder
+
     def _store(self) -> Any:
         if self.chair.store is None:
             raise CommandError(FAILED, "the session store is not open")
@@ -240,6 +306,7 @@ COMMANDS: dict[str, _Command] = {
     "list_profiles": _Command(ChairCommands.list_profiles),
     "list_scenarios": _Command(ChairCommands.list_scenarios),
     "list_sessions": _Command(ChairCommands.list_sessions, ("limit", "profile")),
+    "report": _Command(ChairCommands.report, ("session",)),
 }
 
 

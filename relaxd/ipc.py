@@ -20,6 +20,8 @@ Commands (``args`` in brackets are optional; ``by`` names who, for the record):
     ack {id, [by]}                          acknowledges an alarm
     set_caps {[light], [sound], [vibration]}  the child's caps, 0..1; saved to the session's profile
     list_profiles | list_scenarios | list_sessions {[limit], [profile]}
+    report {session}                        a session's report (session id or "latest"): PNG and CSV
+                                            written to reports/ beside the socket; replies their paths
 
 The parts, each with one job:
 

@@ -103,6 +103,7 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
     "list_sessions": lambda rows: show_table(rows, ("id", "profile", "scenario", "started_at", "ended_at",
                                                     "end_reason"), "no sessions"),
+    "report": lambda r: f"report of session {r['session']}:\n  picture  {r['png']}\n  table    {r['csv']}",
 }
 
 
@@ -152,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = command("list-sessions", "recorded sessions, newest first", aliases=["list_sessions", "sessions"])
     sessions.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     sessions.add_argument("--profile", help="only this profile's sessions")
+    report = command("report", "draw a session's report (PNG picture, CSV table) beside the socket")
+    report.add_argument("session", help="a session id (see list-sessions) or 'latest'")
     return parser
 
 
 ARGS: dict[str, tuple[str, ...]] = {
     "start": ("profile", "scenario"), "estop": ("by",), "reset": ("by",), "ack": ("id", "by"),
     "set_caps": ("light", "sound", "vibration"), "list_sessions": ("limit", "profile"),
+    "report": ("session",),
 }
 
 

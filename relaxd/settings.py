@@ -194,6 +194,8 @@ class PanelSettings:
     request_timeout_s: float = ranged(3.0, 0.5, 30.0, "a panel command waits this long for the daemon's answer "
                                       "(keep it above ipc.command_timeout_s)")
     estop_timeout_s: float = ranged(1.0, 0.1, 5.0, "STOP's own connection waits at most this long for the daemon")
+    report_timeout_s: float = ranged(30.0, 1.0, 300.0, "a session report picture may take this long to render "
+                                     "(seconds on a Pi 4 the first time)")
     reconnect_initial_s: float = ranged(0.5, 0.05, 10.0, "first wait before reconnecting to a daemon that went away")
     reconnect_max_s: float = ranged(5.0, 0.1, 60.0, "longest wait between reconnect attempts (back-off cap)")
     timeline_s: float = ranged(300.0, 30.0, 3600.0, "the home screen's timeline shows this many seconds")

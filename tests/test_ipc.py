@@ -266,6 +266,35 @@ def test_lists_of_profiles_scenarios_and_sessions(chair_at_idle):
     assert refused(path, "list_profiles", extra=1).code == BAD_ARGS
 
 
+def test_report_writes_png_and_csv_beside_the_socket_for_latest_and_by_id(chair_at_idle):
+    chair, path = chair_at_idle
+    session_id = call(path, "start", profile="kid-report", scenario="calm-sea")["session_id"]
+    time.sleep(1.2)  # a second or so of records
+    call(path, "stop")
+
+    latest = call(path, "report", session="latest")
+    assert latest["session"] == session_id
+    png, table = Path(latest["png"]), Path(latest["csv"])
+    assert png.parent == path.parent / "reports" and table.parent == png.parent
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    picture = cv2.imread(str(png))
+    assert picture is not None and picture.shape[:2] == (800, 1200)
+    lines = table.read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["second", "negative"] and len(lines) >= 2, "a header and per-second rows"
+    assert stat.S_IMODE(os.stat(png.parent).st_mode) == 0o750, "reports are for the socket's group only"
+    assert stat.S_IMODE(os.stat(png).st_mode) == 0o640
+
+    by_id = call(path, "report", session=session_id)
+    assert by_id == latest, "the same session renders to the same files"
+    assert call(path, "report", session=str(session_id))["session"] == session_id
+
+    missing = refused(path, "report", session=999999)
+    assert missing.code == NOT_FOUND and "no session 999999" in missing.message and "latest" in missing.message
+    assert refused(path, "report", session="yesterday").code == BAD_ARGS
+    assert refused(path, "report").code == BAD_ARGS
+    assert refused(path, "report", session=True).code == BAD_ARGS
+
+
 # --------------------------------------------------------------------------- bad clients
 
 
@@ -310,7 +339,9 @@ def test_an_oversized_line_is_refused_and_that_client_closed(chair_at_idle):
 
 def test_clients_that_vanish_mid_command_do_not_disturb_the_chair(chair_at_idle):
     chair, path = chair_at_idle
-    for payload in (b'{"v": 1, "id": 1, "cmd": "sta', request("stop"), request("start", args={"profile": "kid-gone"})):
+    # A cut-off line, a read-only command and a start: separate clients are served concurrently,
+    # so none of these may depend on another's order.
+    for payload in (b'{"v": 1, "id": 1, "cmd": "sta', request("status"), request("start", args={"profile": "kid-gone"})):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(path))
             sock.sendall(payload)
@@ -445,6 +476,9 @@ def test_relaxctl_prints_readable_and_json_results_with_exit_codes(chair_at_idle
     assert table[0].split()[0] == "pseudonym" and any(row.startswith("kid-ctl ") for row in table)
     assert relaxctl([*sock, "stop"]) == 0
     assert printed(capsys)[0] == "state idle\n"
+    assert relaxctl([*sock, "report", "latest"]) == 0
+    out = printed(capsys)[0]
+    assert out.startswith("report of session") and ".png" in out and ".csv" in out
 
     assert relaxctl([*sock, "pause"]) == 1
     out, err = printed(capsys)

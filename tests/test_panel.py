@@ -33,7 +33,7 @@ from relaxd.ipc import ControlClient, ControlServer
 from relaxd.panel import PanelConfigError, PanelProtocolError
 from relaxd.panel.app import PanelApp, check_pin, main, parse_size
 from relaxd.panel.client import ChairLink, PanelState, Sample, Timeline
-from relaxd.panel.screens import STOP_RECT, DisconnectedScreen, HomeScreen
+from relaxd.panel.screens import STOP_RECT, DisconnectedScreen, HomeScreen, SessionsScreen
 from relaxd.panel.widgets import ALARM_HIGH, GROUP_COLOURS, STOP_RED, Button, Painter, PanelLayoutError
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, PanelSettings,
                              Settings, StoreSettings)
@@ -444,6 +444,56 @@ def test_caps_are_lowered_by_touch_and_saved_to_the_profile(panel, tmp_path):
     (profile,) = [p for p in call(path, "list_profiles") if p["pseudonym"] == "kid-panel-caps"]
     assert (profile["light_cap"], profile["vibration_cap"]) == (0.95, 0.75)
     call(path, "stop")
+
+
+def test_sessions_screen_lists_sessions_and_shows_a_report_picture(panel):
+    """Record a short session, open Sessions by touch, touch it: the daemon's report PNG is shown."""
+    app = panel
+    path = app.socket_path
+    session_id = call(path, "start", profile="kid-panel-report", scenario="calm-sea")["session_id"]
+    time.sleep(1.2)  # a second or so of records
+    call(path, "stop")
+    shots = Path("/tmp/panel-shots")
+    shots.mkdir(parents=True, exist_ok=True)
+
+    press(app, "Sessions")
+    first = f"#{session_id}  kid-panel-report  ·  calm-sea"
+    assert frames_until(app, lambda: first in app.labels), app.labels
+    listed = shot(app, shots, "sessions")
+    assert "Prev" in app.labels and "Next" in app.labels
+    rows = [b for b in app.shown.buttons if b.label.startswith("#")]
+    assert rows[0].label.startswith(first), "the newest session is listed first"
+    assert all(b.rect.width >= 60 and b.rect.height >= 60 for b in app.chrome.buttons + app.shown.buttons)
+
+    touch(app, rows[0].rect.center)
+    assert frames_until(app, lambda: app.shown.picture is not None, timeout=30), app.labels
+    report = shot(app, shots, "session-report")
+    assert Path(app.shown.shown_png).name.startswith(f"session-{session_id}-")
+    assert "Back" in app.labels and "STOP" in app.labels
+
+    def white_share(image: pygame.Surface) -> float:
+        area = app.to_window(SessionsScreen.PICTURE)
+        pixels = pygame.surfarray.array3d(image)[area.left:area.right, area.top:area.bottom]
+        return float(np.all(pixels >= 240, axis=-1).mean())
+
+    assert white_share(pygame.image.load(str(report))) > 0.4, "the report's white figure fills the content area"
+    assert white_share(pygame.image.load(str(listed))) < 0.01, "the dark list has no figure"
+    shown = app.shown.picture.get_size()
+    assert shown[0] <= SessionsScreen.PICTURE.width and shown[1] <= SessionsScreen.PICTURE.height
+    assert abs(shown[0] / shown[1] - 1.5) < 0.01, "the 1200x800 picture keeps its aspect"
+
+    press(app, "Back")
+    assert frames_until(app, lambda: first in app.labels), "Back returns to the list"
+
+
+def test_a_report_the_daemon_refuses_shows_its_message(panel):
+    app = panel
+    press(app, "Sessions")
+    assert frames_until(app, lambda: not app.shown.loading)
+    app.shown.open(app, 999999)
+    assert frames_until(app, lambda: any(label.startswith("report failed: no session 999999")
+                                         for label in app.labels)), app.labels
+    assert app.shown.viewing is None and "STOP" in app.labels
 
 
 def test_disconnected_screen_then_reconnects_when_the_daemon_appears(tmp_path, tiny_model, clip):

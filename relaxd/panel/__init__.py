@@ -6,8 +6,9 @@ crashes, hangs or is never started changes nothing for the chair. The parts:
 * ``client``: what the panel knows of the chair (pure state built from ``status`` replies,
   the affect timeline) and the threads that talk to the daemon, so the UI never waits.
 * ``widgets``: buttons with hit tests, bars, the alarm banner, the PIN keypad.
-* ``screens``: home, start, caps, settings (behind a PIN) and "disconnected", each drawn
-  from the state; the red STOP is part of the frame around every one of them.
+* ``screens``: home, start, caps, sessions (report pictures), settings (behind a PIN) and
+  "disconnected", each drawn from the state; the red STOP is part of the frame around
+  every one of them.
 * ``app``: the window, the event loop and the ``relaxd-panel`` command line.
 
 No camera preview: the socket protocol carries no frames, on purpose, because no image

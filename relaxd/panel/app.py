@@ -32,7 +32,7 @@ from relaxd.errors import RelaxdError
 from relaxd.panel import PanelConfigError
 from relaxd.panel.client import UNREACHABLE, ChairLink, Outcome, PanelState, Sample
 from relaxd.panel.screens import (SIZE, CapsScreen, Chrome, DisconnectedScreen, HomeScreen, Screen,
-                                  SettingsScreen, StartScreen)
+                                  SessionsScreen, SettingsScreen, StartScreen)
 from relaxd.panel.widgets import BACKGROUND, BAD_RED, GO_GREEN, TEXT, Colour, Painter
 from relaxd.settings import PanelSettings
 
@@ -79,7 +79,7 @@ class PanelApp:
         self._place()
         self.link = ChairLink(self.socket_path, settings, clock=clock).start()
         self.screens: dict[str, Screen] = {s.name: s for s in (HomeScreen(), StartScreen(), CapsScreen(),
-                                                                 SettingsScreen(pin))}
+                                                                 SessionsScreen(), SettingsScreen(pin))}
         self.disconnected = DisconnectedScreen()
         self.chrome = Chrome(self.stop_pressed)
         self.current = "home"
@@ -107,6 +107,9 @@ class PanelApp:
 
     def send(self, cmd: str, *, tag: Optional[str] = None, **args: object) -> None:
         self.link.send(cmd, tag=tag, **args)
+
+    def fetch(self, cmd: str, *, tag: Optional[str] = None, timeout_s: float, **args: object) -> None:
+        self.link.fetch(cmd, tag=tag, timeout_s=timeout_s, **args)
 
     def go(self, name: str) -> None:
         if name == self.current:

@@ -8,8 +8,9 @@ Two layers:
   socket. A poller asks for ``status`` every ``poll_interval_s`` on its own connection and
   reconnects with back-off when the daemon goes away; a worker carries out commands, each
   on a fresh connection; STOP gets its own short-timeout connection on its own thread at
-  once, never queued behind a pending command. Results come back as ``Outcome`` objects
-  that the UI collects with ``outcomes()``.
+  once, never queued behind a pending command; a slow read-only request (a session report)
+  also runs on a thread of its own, so no command queues behind it. Results come back as
+  ``Outcome`` objects that the UI collects with ``outcomes()``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ GROUPS = ("negative", "neutral", "positive", "none")
 HEALTH_PARTS = (("camera", "Camera"), ("outputs", "Outputs"), ("vision", "Vision"),
                 ("controller", "Control loop"), ("latch", "E-stop"))
 UNREACHABLE = "unreachable"  # Outcome.code when the daemon could not be reached
+READ_ONLY = frozenset({"status", "report"})  # with list_*: change nothing, so no status refresh after them
 
 
 # --------------------------------------------------------------------------- pure state
@@ -291,6 +293,12 @@ class ChairLink:
         """Queue a command; its ``Outcome`` (tagged ``tag``) comes back through ``outcomes()``."""
         self._commands.put((cmd, tag or cmd, args))
 
+    def fetch(self, cmd: str, *, tag: Optional[str] = None, timeout_s: float, **args: Any) -> None:
+        """A slow read-only command (a session report) on a thread of its own, waiting up to ``timeout_s``:
+        pause or end-session touched meanwhile never queue behind it."""
+        threading.Thread(target=self._call, args=(cmd, tag or cmd, args, timeout_s), name=f"panel-{cmd}",
+                         daemon=True).start()
+
     def estop(self, by: str = "panel") -> None:
         """Trip the e-stop now, on a fresh connection and thread of its own: nothing queued can delay it."""
         threading.Thread(target=self._call, args=("estop", "estop", {"by": by}, self.settings.estop_timeout_s),
@@ -353,7 +361,7 @@ class ChairLink:
                     outcome = Outcome(cmd, tag, True, client.call(cmd, **args))
                 except CommandError as exc:
                     outcome = Outcome(cmd, tag, False, code=exc.code, message=exc.message)
-                if outcome.ok and not cmd.startswith("list_"):
+                if outcome.ok and not cmd.startswith("list_") and cmd not in READ_ONLY:
                     self._refresh(client)
         except RelaxdError as exc:
             outcome = Outcome(cmd, tag, False, code=UNREACHABLE, message=str(exc))

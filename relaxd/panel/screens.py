@@ -18,13 +18,18 @@ Layout in logical pixels (800x480)::
     |                                             | Home    |
     |                                             | Start   |
     |                                             | Caps    |
+    |                                             | Sessions|
     |                                             | Settings|
     +--------------------------------------------+---------+
+
+Five navigation tabs fit under STOP at the 60 px minimum with 3 px between them; a tab
+touched by mistake only changes the screen, so the narrow gap is acceptable there.
 """
 
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
@@ -44,8 +49,9 @@ BANNER_RECT = pygame.Rect(0, 0, 628, 70)
 ACK_RECT = pygame.Rect(484, 4, 140, 62)
 NOTICE_POS = (12, 74)
 CONTENT = pygame.Rect(8, 100, 620, 376)
-NAV = (("home", "Home"), ("start", "Start"), ("caps", "Caps"), ("settings", "Settings"))
-NAV_TOP, NAV_STEP = 162, 78
+NAV = (("home", "Home"), ("start", "Start"), ("caps", "Caps"), ("sessions", "Sessions"), ("settings", "Settings"))
+NAV_TOP, NAV_STEP, NAV_HEIGHT = 160, 63, 60
+SESSIONS_LISTED = 40  # the sessions screen pages through this many of the newest
 
 
 class Host(Protocol):
@@ -64,6 +70,8 @@ class Host(Protocol):
     def retry_in(self) -> Optional[float]: ...
 
     def send(self, cmd: str, *, tag: Optional[str] = None, **args: object) -> None: ...
+
+    def fetch(self, cmd: str, *, tag: Optional[str] = None, timeout_s: float, **args: object) -> None: ...
 
     def go(self, name: str) -> None: ...
 
@@ -128,7 +136,7 @@ class Chrome:
             painter.text(fit(painter.font(26), text, CONTENT.width - 8), NOTICE_POS, 26, colour)
         if state.connected:
             for index, (name, label) in enumerate(NAV):
-                rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, 70)
+                rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, NAV_HEIGHT)
                 self.buttons.append(Button(rect, label, lambda name=name: host.go(name),
                                            SELECTED if name == current else BUTTON))
         for button in self.buttons:
@@ -372,6 +380,129 @@ class CapsScreen(Screen):
                         pygame.Rect(CONTENT.left + 4, 410, 600, 60), 24, MUTED)
         for button in self.buttons:
             button.draw(painter)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class SessionsScreen(Screen):
+    """The newest sessions, a page at a time; a touch asks the daemon for that session's report picture.
+
+    The picture is the daemon's report PNG (numbers only: affect shares, levels, events;
+    never an image of the child), loaded from the path in the reply and scaled to fit.
+    """
+
+    name = "sessions"
+    PAGE = 4
+    PICTURE = pygame.Rect(CONTENT.left, CONTENT.top, CONTENT.width - 76, CONTENT.height)  # Back to its right
+    BACK = pygame.Rect(CONTENT.right - 68, CONTENT.top, 68, 90)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: list[dict] = []
+        self.page = 0
+        self.loading = False
+        self.viewing: Optional[int] = None  # the session whose report is asked for or shown
+        self.picture: Optional[pygame.Surface] = None
+        self.shown_png: Optional[str] = None  # the file the picture came from
+
+    def on_enter(self, host: Host) -> None:
+        self.loading = True
+        self.back()
+        host.send("list_sessions", tag="sessions", limit=SESSIONS_LISTED)
+
+    def on_leave(self, host: Host) -> None:
+        self.back()
+
+    def on_outcome(self, outcome: Outcome, host: Host) -> None:
+        if outcome.tag == "sessions":
+            self.loading = False
+            if outcome.ok:
+                self.sessions = list(outcome.result)
+        elif outcome.tag == "report":
+            if not outcome.ok:  # the app has put the daemon's message on the notice line
+                self.back()
+            elif outcome.result["session"] == self.viewing:  # not one the operator has left meanwhile
+                self._show(outcome.result["png"], host)
+
+    def open(self, host: Host, session_id: int) -> None:
+        self.viewing, self.picture, self.shown_png = session_id, None, None
+        host.fetch("report", tag="report", timeout_s=host.settings.report_timeout_s, session=session_id)
+
+    def back(self) -> None:
+        self.viewing, self.picture, self.shown_png = None, None, None
+
+    def _show(self, png: str, host: Host) -> None:
+        try:
+            image = pygame.image.load(png)
+        except (pygame.error, OSError) as exc:  # e.g. the panel's user is not in the socket's group
+            host.notice(f"cannot open the report picture {png} ({exc}): is the panel's user in the relaxd group?",
+                        BAD_RED)
+            self.back()
+            return
+        scale = min(self.PICTURE.width / image.get_width(), self.PICTURE.height / image.get_height())
+        size = (max(1, round(image.get_width() * scale)), max(1, round(image.get_height() * scale)))
+        try:
+            self.picture = pygame.transform.smoothscale(image, size)
+        except ValueError:  # smoothscale needs 24 or 32 bits per pixel
+            self.picture = pygame.transform.scale(image, size)
+        self.shown_png = png
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        if self.viewing is None:
+            self._draw_list(painter, host)
+        else:
+            self._draw_report(painter, host)
+        for button in self.buttons:
+            button.draw(painter)
+
+    def _draw_report(self, painter: Painter, host: Host) -> None:
+        self.buttons = [Button(self.BACK, "Back", self.back, text_size=28)]
+        if self.picture is None:
+            painter.text(f"Drawing the report of session {self.viewing}…", (CONTENT.left + 4, 120), 28, MUTED)
+            return
+        painter.surface.blit(self.picture, self.picture.get_rect(midtop=self.PICTURE.midtop))
+
+    def _draw_list(self, painter: Painter, host: Host) -> None:
+        left = CONTENT.left + 4
+        pages = max(1, -(-len(self.sessions) // self.PAGE))
+        self.page = min(self.page, pages - 1)
+        self.buttons = []
+        if self.loading:
+            painter.text("loading…", (left, 104), 26, MUTED)
+        elif not self.sessions:
+            painter.text("No sessions recorded yet", (left, 104), 26, MUTED)
+        else:
+            painter.text(fit(painter.font(24), f"Sessions, newest first (page {self.page + 1} of {pages}): "
+                             "touch one for its report", 604), (left, 104), 24, MUTED)
+        for row, session in enumerate(self.sessions[self.page * self.PAGE:(self.page + 1) * self.PAGE]):
+            label = "\n".join(fit(painter.font(26), line, 588) for line in session_label(session).split("\n"))
+            self.buttons.append(Button(pygame.Rect(left, 130 + row * 68, 604, 62), label,
+                                       lambda sid=session["id"]: self.open(host, sid), text_size=26))
+        self.buttons.append(Button(pygame.Rect(left, 404, 140, 70), "Prev", lambda: self._turn(-1, pages),
+                                   enabled=self.page > 0, text_size=28))
+        self.buttons.append(Button(pygame.Rect(left + 152, 404, 140, 70), "Next", lambda: self._turn(1, pages),
+                                   enabled=self.page < pages - 1, text_size=28))
+
+    def _turn(self, step: int, pages: int) -> None:
+        self.page = min(pages - 1, max(0, self.page + step))
+
+
+def session_label(session: dict) -> str:
+    """Two lines for a session's button: who and what, then when and how it ended."""
+    ended = session.get("end_reason") or ("not ended" if session.get("ended_at") is None else "ended")
+    return (f"#{session['id']}  {session.get('profile') or '-'}  ·  {session.get('scenario') or '-'}\n"
+            f"{local_time(session.get('started_at'))}  ·  {ended}")
+
+
+def local_time(stamp: Optional[str]) -> str:
+    """A stored UTC stamp as the chair's local date and time, to the minute; the raw text if unreadable."""
+    if not stamp:
+        return "-"
+    try:
+        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return stamp
 
 
 # --------------------------------------------------------------------------- settings
