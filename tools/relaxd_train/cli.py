@@ -214,7 +214,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, data=args.data, out=args.out, epochs=args.epochs,
         unfreeze_epochs=args.unfreeze_epochs, learning_rate=args.learning_rate,
         unfreeze_learning_rate=args.unfreeze_learning_rate, batch_size=args.batch_size, val_share=args.val_share,
-        seed=args.seed, detect_faces=args.detect_faces, augment=not args.no_augment))
+        seed=args.seed, detect_faces=args.detect_faces, augment=not args.no_augment), command=args.command_line)
     print(f"best val accuracy {state['best_val_accuracy']:.4f} at epoch {state['best_epoch']} "
           f"(before fine-tuning {state['finetune']['val_accuracy_before']:.4f}); checkpoint {args.out / 'best.keras'}")
     return 0

@@ -103,7 +103,7 @@ def set_trainable(model: Any, frozen_layers: int) -> None:
         layer.trainable = index >= frozen_layers and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def finetune(settings: FinetuneSettings) -> dict[str, Any]:
+def finetune(settings: FinetuneSettings, command: str = "") -> dict[str, Any]:
     """Fine-tune ``settings.checkpoint`` into a new run directory; return its final state."""
     import keras
 
@@ -138,7 +138,9 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss, metrics=["accuracy"])
     before = float(model.evaluate(val_ds, verbose=0)[1])
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = new_run_state(run, train_data, val_data, model)
+    # The card quotes every step that made the model: the base run's command, then this one.
+    commands = "\n".join(c for c in (base_state.get("command", ""), command) if c)
+    state = new_run_state(run, train_data, val_data, model, commands)
     state["finetune"] = {
         "from": str(settings.checkpoint),
         "base_epochs": base_state.get("epochs_done"),
