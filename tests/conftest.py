@@ -20,3 +20,17 @@ def tiny_model(tmp_path_factory):
     calibration = modelkit.smooth_inputs(32, seed=1)
     blob = modelkit.convert(modelkit.tiny_keras_model(calibration), calibration, int8=True)
     return modelkit.write_model(tmp_path_factory.mktemp("model"), blob, "int8", placeholder=True)
+
+
+def pytest_unconfigure(config):
+    """Let threads that are still finishing (a chair's capture or vision thread inside OpenCV or
+    TFLite) end before Python exits: a thread still in such a call when the interpreter finalises
+    is unwound through OpenCV's catch-all and aborts the process ("FATAL: exception not rethrown")."""
+    import sys
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                print(f"\nthread {thread.name!r} still running at exit", file=sys.stderr)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from chairkit import outputs_of, wait_for
 from gpiozero.pins.mock import MockFactory
 from mockpins import ChairPin
 
@@ -44,13 +45,6 @@ def chair_settings(tmp_path: Path, model: Path, clip: Path, **sections) -> Setti
     return dataclasses.replace(settings, camera=dataclasses.replace(settings.camera, source=str(clip)))
 
 
-def outputs_of(chair: Chair) -> dict[str, float]:
-    """What the simulated outputs were last told (readable after close, unlike ``value``)."""
-    bank = chair.bank
-    light = bank.light.history[-1][1] if bank.light.history else (0.0, 0.0, 0.0)
-    return {"light": max(light),
-            "sound": bank.sound.history[-1][1] if bank.sound.history else 0.0,
-            "vibration": bank.vibration.history[-1][1] if bank.vibration.history else 0.0}
 
 
 def run_in_thread(chair: Chair, **kwargs) -> threading.Thread:
@@ -59,13 +53,6 @@ def run_in_thread(chair: Chair, **kwargs) -> threading.Thread:
     return thread
 
 
-def wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_simulated_session_stimulates_and_is_recorded(tmp_path, tiny_model, demo_clip):

@@ -16,14 +16,13 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
+from chairkit import call, faceless_clip, outputs_of, short_dir, wait_for
 
 from relaxd.control import State
 from relaxd.daemon import Chair
@@ -41,20 +40,8 @@ MAX_LINE = 4096
 # --------------------------------------------------------------------------- helpers
 
 
-def faceless_clip(path: Path) -> Path:
-    """Two seconds of smooth, slowly shifting gradients: nothing a face detector takes for a face."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (160, 120))
-    ramp = np.linspace(40, 200, 160, dtype=np.float32)
-    for i in range(30):
-        frame = np.clip(np.tile(ramp + i, (120, 1)), 0, 255).astype(np.uint8)
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    return path
 
 
-def short_dir() -> Path:
-    """A folder with a short path: AF_UNIX socket paths must stay under 108 bytes."""
-    return Path(tempfile.mkdtemp(prefix="relaxd-ipc-", dir="/tmp"))
 
 
 def chair_settings(folder: Path, model: Path, clip: Path, socket_path: Path) -> Settings:
@@ -68,9 +55,6 @@ def chair_settings(folder: Path, model: Path, clip: Path, socket_path: Path) -> 
     return dataclasses.replace(settings, camera=dataclasses.replace(settings.camera, source=str(clip)))
 
 
-def call(path: Path, cmd: str, **args):
-    with ControlClient(path, timeout_s=10.0) as client:
-        return client.call(cmd, **args)
 
 
 def refused(path: Path, cmd: str, **args) -> CommandError:
@@ -104,22 +88,8 @@ def request(cmd: str, request_id=1, **fields) -> bytes:
     return json.dumps({"v": 1, "id": request_id, "cmd": cmd, **fields}).encode() + b"\n"
 
 
-def outputs_of(chair: Chair) -> dict[str, float]:
-    """What the simulated outputs were last told."""
-    bank = chair.bank
-    light = bank.light.history[-1][1] if bank.light.history else (0.0, 0.0, 0.0)
-    return {"light": max(light),
-            "sound": bank.sound.history[-1][1] if bank.sound.history else 0.0,
-            "vibration": bank.vibration.history[-1][1] if bank.vibration.history else 0.0}
 
 
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def to_idle(path: Path) -> None:

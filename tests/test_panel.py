@@ -16,20 +16,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # before pygame's import (conftest sets it too)
 
-import cv2
 import numpy as np
 import pygame
 import pytest
+from chairkit import call, faceless_clip, short_dir, wait_for
 
 from relaxd.daemon import Chair
-from relaxd.ipc import ControlClient, ControlServer
+from relaxd.ipc import ControlServer
 from relaxd.panel import PanelConfigError, PanelProtocolError
 from relaxd.panel.app import PanelApp, check_pin, main, parse_size
 from relaxd.panel.client import ChairLink, PanelState, Sample, Timeline
@@ -45,20 +44,8 @@ FAST = PanelSettings(pin=PIN, poll_interval_s=0.1, reconnect_initial_s=0.1, reco
 # --------------------------------------------------------------------------- helpers
 
 
-def faceless_clip(path: Path) -> Path:
-    """Two seconds of smooth, slowly shifting gradients: nothing a face detector takes for a face."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (160, 120))
-    ramp = np.linspace(40, 200, 160, dtype=np.float32)
-    for i in range(30):
-        frame = np.clip(np.tile(ramp + i, (120, 1)), 0, 255).astype(np.uint8)
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    return path
 
 
-def short_dir() -> Path:
-    """AF_UNIX socket paths must stay under 108 bytes: pytest's tmp_path may be longer."""
-    return Path(tempfile.mkdtemp(prefix="relaxd-panel-", dir="/tmp"))
 
 
 def start_chair(store_dir: Path, model: Path, clip: Path, socket_path: Path) -> tuple[Chair, threading.Thread]:
@@ -82,18 +69,8 @@ def stop_chair(chair: Chair, thread: threading.Thread) -> None:
     assert not thread.is_alive()
 
 
-def call(path: Path, cmd: str, **args):
-    with ControlClient(path, timeout_s=10.0) as client:
-        return client.call(cmd, **args)
 
 
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def frames_until(app: PanelApp, condition, timeout: float = 10.0) -> bool:
