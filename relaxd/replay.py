@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from relaxd.capture import open_source
+from relaxd.capture import FrameSource, open_source
 from relaxd.errors import CaptureError
 from relaxd.settings import Settings
 from relaxd.vision.pipeline import FrameResult, VisionPipeline
@@ -70,27 +70,17 @@ class ReplaySummary:
         return "\n".join(lines)
 
 
-def read_frames(video: Path, settings: Settings, pipeline: VisionPipeline) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode every frame of the clip in order, timing the decode stage."""
-    camera = replace(settings.camera, source=str(video), realtime=False, loop=False)
-    source = open_source(camera, realtime=False)
-    with source:
-        index = 0
-        while True:
-            started = time.perf_counter()
-            image = source.read()
-            pipeline.timer.add("decode", time.perf_counter() - started)
-            if image is None:
-                return
-            yield index, image
-            index += 1
-
-
-def clip_fps(video: Path) -> float:
-    capture = cv2.VideoCapture(str(video))
-    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
-    capture.release()
-    return fps if fps and 1.0 <= fps <= 240.0 else 30.0
+def read_frames(source: FrameSource, pipeline: VisionPipeline) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode every frame of an opened clip in order, timing the decode stage."""
+    index = 0
+    while True:
+        started = time.perf_counter()
+        image = source.read()
+        pipeline.timer.add("decode", time.perf_counter() - started)
+        if image is None:
+            return
+        yield index, image
+        index += 1
 
 
 def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
@@ -124,19 +114,21 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
     pipeline = pipeline or VisionPipeline.from_settings(settings)
     pipeline.reset()
     labels = pipeline.classifier.labels
-    fps = clip_fps(video)
+    source = open_source(replace(settings.camera, source=str(video), realtime=False, loop=False), realtime=False)
+    source.open()  # a bad video fails here, before any output file is created
+    fps = source.fps or settings.camera.fps  # the clip's own rate; the source falls back when it has none
     summary = ReplaySummary(video=str(video), model=str(pipeline.classifier.model_path))
     writer = None
     csv_handle = None
     csv_writer = None
-    if csv_to is not None:
-        csv_handle = open(csv_to, "w", newline="", encoding="utf-8")
-        csv_writer = csv.writer(csv_handle)
-        csv_writer.writerow(["frame", "time_s", "face", "x", "y", "w", "h", "frame_label",
-                             *[f"p_{label}" for label in labels], "group", "label", "confidence"])
     started = time.perf_counter()
     try:
-        for index, image in read_frames(video, settings, pipeline):
+        if csv_to is not None:
+            csv_handle = open(csv_to, "w", newline="", encoding="utf-8")
+            csv_writer = csv.writer(csv_handle)
+            csv_writer.writerow(["frame", "time_s", "face", "x", "y", "w", "h", "frame_label",
+                                 *[f"p_{label}" for label in labels], "group", "label", "confidence"])
+        for index, image in read_frames(source, pipeline):
             result = pipeline.process(image, now=index / fps, index=index)
             summary.frames += 1
             if result.box is not None:
@@ -156,6 +148,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
                 writer.write(annotate(image, result))
     finally:
         summary.seconds = time.perf_counter() - started
+        source.close()
         if writer is not None:
             writer.release()
         if csv_handle is not None:
