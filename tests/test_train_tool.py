@@ -439,6 +439,36 @@ def test_resume_continues_from_the_checkpoint(trained_run, split_data, tmp_path)
 
 
 @pytest.mark.slow
+def test_warm_restart_starts_from_the_checkpoint_weights(trained_run, split_data, tmp_path):
+    import keras
+
+    run = tmp_path / "warm"
+    base = keras.models.load_model(trained_run / "best.keras")
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+                 "--init-from", str(trained_run / "best.keras"), "--learning-rate", "0",
+                 "--weight-decay", "0", "--no-augment"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["init_from"]["checkpoint"] == str(trained_run / "best.keras")
+    base_command = json.loads((trained_run / "state.json").read_text())["command"]
+    lines = state["command"].splitlines()
+    assert lines[0] == base_command and "--init-from" in lines[1]  # the card quotes both steps
+    # At learning rate 0 the weights cannot move, so the run holds the base's weights exactly
+    # (BatchNorm's running statistics still update: they are not trained by the optimizer).
+    warm = keras.models.load_model(run / "last.keras")
+    for before, after in zip(base.layers, warm.layers):
+        if not isinstance(before, keras.layers.BatchNormalization):
+            for a, b in zip(before.get_weights(), after.get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_warm_restart_refuses_another_architecture(trained_run, split_data, tmp_path, capsys):
+    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "w"), "--arch", "model1",
+                 "--init-from", str(trained_run / "best.keras"), "--batch-size", "8"]) == 2
+    assert "pass --arch relaxnet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_export_writes_int8_model_and_metadata(exported, trained_run, split_data):
     meta = load_metadata(exported)
     assert sorted(p.name for p in exported.parent.iterdir()) == ["tiny.json", "tiny.tflite"]

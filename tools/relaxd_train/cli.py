@@ -53,6 +53,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=defaults.preprocess.input_size)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (with the run's own settings)")
+    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same --arch) with this run's settings: "
+                        "a warm restart of an earlier run")
     aug = p.add_argument_group("augmentation (0 switches a part off)")
     for name in AugmentSettings.names():
         default = getattr(AugmentSettings(), name)
@@ -66,6 +69,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from relaxd_train.data import load_split
+    from relaxd_train.export import read_run_state
     from relaxd_train.train import train
 
     augment = AugmentSettings.none() if args.no_augment else AugmentSettings(
@@ -74,6 +78,10 @@ def run_train(args: argparse.Namespace) -> int:
     state_file = args.out / "state.json"
     if args.resume and state_file.is_file():  # a resumed run keeps the contract it was trained with
         spec = TrainSettings.from_dict(json.loads(state_file.read_text())["settings"]).preprocess
+    elif args.init_from is not None:  # so does a warm restart
+        base_state = read_run_state(args.init_from)
+        if "settings" in base_state:
+            spec = TrainSettings.from_dict(base_state["settings"]).preprocess
     settings = TrainSettings(
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -81,7 +89,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     train_data = load_split(args.data, "train", spec)
     val_data = load_split(args.data, "val", spec)
-    state = train(train_data, val_data, settings, args.out, resume=args.resume, command=args.command_line)
+    state = train(train_data, val_data, settings, args.out, resume=args.resume, command=args.command_line,
+                  init_from=args.init_from)
     print(f"best val accuracy {state['best_val_accuracy']:.4f} at epoch {state['best_epoch']}; "
           f"checkpoint {args.out / 'best.keras'}")
     return 0

@@ -170,9 +170,28 @@ def new_run_state(settings: TrainSettings, train_data: Dataset, val_data: Datase
     }
 
 
+def warm_start(checkpoint: Path, settings: TrainSettings) -> tuple[Any, dict[str, Any]]:
+    """The model of ``checkpoint`` to train on with a new schedule, and its run's state.
+
+    A warm restart: a run that under-fit (or was cut short) goes on from its weights with
+    other settings (lighter regularisation, a new learning-rate cycle) instead of from zero.
+    """
+    from relaxd_train.architectures import load_checkpoint
+    from relaxd_train.export import read_run_state
+
+    model = load_checkpoint(checkpoint)
+    if model.name != settings.arch:
+        raise DataError(f"--init-from {checkpoint} is a {model.name!r} model, not {settings.arch!r}: "
+                        f"pass --arch {model.name}")
+    if int(model.input_shape[1]) != settings.preprocess.input_size:
+        raise DataError(f"--init-from {checkpoint} takes {model.input_shape[1]}x{model.input_shape[1]} faces: "
+                        f"pass --input-size {model.input_shape[1]}")
+    return model, read_run_state(checkpoint)
+
+
 def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
-          resume: bool = False, command: str = "") -> dict[str, Any]:
-    """Train (or resume) a model; return the final state (best epoch, accuracy)."""
+          resume: bool = False, command: str = "", init_from: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) a model, from scratch or from ``init_from``'s weights; return the final state."""
     import keras
 
     from relaxd_train.architectures import build
@@ -191,10 +210,18 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         if len(train_data) < settings.batch_size:
             raise DataError(f"the training split {train_data.source} has {len(train_data)} images, "
                             f"fewer than one batch ({settings.batch_size}): lower --batch-size")
-        size = settings.preprocess.input_size
-        model = build(settings.arch, size, len(train_data.label_names))
+        base_state: dict[str, Any] = {}
+        if init_from is not None:
+            model, base_state = warm_start(init_from, settings)
+        else:
+            model = build(settings.arch, settings.preprocess.input_size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
-        state = new_run_state(settings, train_data, val_data, model, command)
+        # The card quotes every step that made the model: the earlier runs' commands, then this one.
+        commands = "\n".join(c for c in (base_state.get("command", ""), command) if c)
+        state = new_run_state(settings, train_data, val_data, model, commands)
+        if init_from is not None:
+            state["init_from"] = {"checkpoint": str(init_from),
+                                  "val_accuracy": base_state.get("best_val_accuracy")}
     print(f"{settings.arch}: {state['params']:,} parameters, {state['multiply_adds']:,} multiply-adds; "
           f"train {len(train_data)} images, val {len(val_data)} images", flush=True)
     weights = class_weights(train_data.labels, len(train_data.label_names), settings.class_weighting)
