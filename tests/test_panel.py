@@ -32,7 +32,7 @@ from relaxd.ipc import ControlServer
 from relaxd.panel import PanelConfigError, PanelProtocolError
 from relaxd.panel.app import PanelApp, check_pin, main, parse_size
 from relaxd.panel.client import ChairLink, PanelState, Sample, Timeline
-from relaxd.panel.screens import STOP_RECT, DisconnectedScreen, HomeScreen, SessionsScreen
+from relaxd.panel.screens import STOP_RECT, DisconnectedScreen, HomeScreen, SessionsScreen, SettingsScreen
 from relaxd.panel.widgets import ALARM_HIGH, GROUP_COLOURS, STOP_RED, Button, Painter, PanelLayoutError
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, PanelSettings,
                              Settings, StoreSettings)
@@ -267,6 +267,37 @@ def test_home_screen_draws_affect_timeline_levels_and_health(tmp_path):
         for group in ("neutral", "negative", "positive"):
             assert np.all(strip == GROUP_COLOURS[group], axis=-1).sum() > 50, f"{group} missing from the strip"
         assert [b.label for b in home.buttons if b.enabled] == ["Pause", "End session"]
+    finally:
+        pygame.display.quit()
+
+
+def test_wrong_pins_lock_the_keypad_for_a_minute_even_against_the_right_pin():
+    pygame.display.init()
+    pygame.font.init()
+    try:
+        now = [1000.0]
+        screen = SettingsScreen("2468", clock=lambda: now[0])
+
+        def enter(pin: str) -> None:
+            for key in (*pin, "OK"):
+                screen.keypad.press(key)
+
+        for _ in range(SettingsScreen.MAX_WRONG_PINS - 1):
+            enter("1111")
+        assert screen.lockout_left() == 0 and not screen.unlocked
+        enter("1111")  # the last wrong one in a row starts the lockout
+        assert screen.lockout_left() == SettingsScreen.LOCKOUT_S
+        enter("2468")
+        assert not screen.unlocked, "the right PIN must not work during the lockout"
+        painter = Painter(pygame.Surface((800, 480)))
+        screen.draw(painter, host=None)
+        assert "Too many wrong PINs - wait 60 s" in painter.labels
+        now[0] += SettingsScreen.LOCKOUT_S
+        enter("2468")
+        assert screen.unlocked
+        screen.on_leave(host=None)
+        enter("1111")  # a right PIN resets the count: one wrong PIN now does not lock
+        assert screen.lockout_left() == 0
     finally:
         pygame.display.quit()
 

@@ -29,6 +29,7 @@ touched by mistake only changes the screen, so the narrow gap is acceptable ther
 from __future__ import annotations
 
 import hmac
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Protocol
@@ -512,19 +513,36 @@ class SettingsScreen(Screen):
     """Behind the PIN: socket path, versions, health details and the e-stop reset."""
 
     name = "settings"
+    # A child at the touchscreen can try PINs faster than an adult notices: after this many
+    # wrong ones in a row the keypad refuses every PIN for LOCKOUT_S seconds.
+    MAX_WRONG_PINS = 5
+    LOCKOUT_S = 60.0
 
-    def __init__(self, pin: str) -> None:
+    def __init__(self, pin: str, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._pin = pin
+        self._clock = clock
+        self._wrong_in_a_row = 0
+        self._locked_until = 0.0
         self.unlocked = False
         self.error = ""
         self.keypad = Keypad((316, 104), self._check_pin, key_size=(96, 64))
 
+    def lockout_left(self) -> float:
+        """Seconds until the keypad takes PINs again (0 when it does now)."""
+        return max(0.0, self._locked_until - self._clock())
+
     def _check_pin(self, entered: str) -> None:
+        if self.lockout_left() > 0:
+            return  # not even the right PIN counts while locked out
         if hmac.compare_digest(entered.encode(), self._pin.encode()):
-            self.unlocked, self.error = True, ""
-        else:
-            self.error = "Wrong PIN - try again"
+            self.unlocked, self.error, self._wrong_in_a_row = True, "", 0
+            return
+        self._wrong_in_a_row += 1
+        self.error = "Wrong PIN - try again"
+        if self._wrong_in_a_row >= self.MAX_WRONG_PINS:
+            self._wrong_in_a_row = 0
+            self._locked_until = self._clock() + self.LOCKOUT_S
 
     def on_enter(self, host: Host) -> None:
         self.keypad.entered, self.error = "", ""
@@ -551,7 +569,10 @@ class SettingsScreen(Screen):
         field = pygame.Rect(left, 174, 280, 60)
         painter.box(field, SURFACE)
         painter.text(" ".join("*" * len(self.keypad.entered)) or " ", field.center, 44, TEXT, "center")
-        if self.error:
+        wait = self.lockout_left()
+        if wait > 0:
+            painter.text(f"Too many wrong PINs - wait {wait:.0f} s", (left, 250), 28, BAD_RED)
+        elif self.error:
             painter.text(self.error, (left, 250), 28, BAD_RED)
         self.buttons = list(self.keypad.buttons)
 
