@@ -13,10 +13,11 @@ Exit codes: 0 success; 1 the command failed; 2 usage or configuration error (any
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import structlog
 
@@ -106,7 +107,6 @@ def replay_command(args: argparse.Namespace) -> int:
 
 def demo_cache_dir() -> Path:
     """Where the generated demo clip is kept (it is synthetic: no child's image)."""
-    import os
 
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "relaxd"
@@ -135,7 +135,23 @@ def run_command(args: argparse.Namespace) -> int:
     chair = Chair(settings)
     report = chair.run(duration_s=args.duration, profile=profile, scenario=args.scenario)
     print(report.describe())
+    if report.stuck_threads:
+        leave_past_stuck_threads(report.stuck_threads, EXIT_OK)
     return EXIT_OK
+
+
+def leave_past_stuck_threads(threads: Sequence[str], code: int) -> NoReturn:
+    """Exit now, skipping interpreter finalisation, because a thread is stuck in native code.
+
+    Python finalising while a thread is inside an OpenCV or camera call aborts the process
+    (exit 134), which systemd would count as a crash and alert the caregiver about. The
+    outputs are off and closed and the record is written by now; nothing is left to finalise.
+    """
+    print(f"relaxd: {', '.join(threads)} still blocked in a camera or vision call after the outputs went off; "
+          "exiting without waiting for it", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def safe_state_command(args: argparse.Namespace) -> int:

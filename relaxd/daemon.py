@@ -127,6 +127,7 @@ class RunReport:
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REPORT_EVENTS))
     final_state: str = ""
     session_id: Optional[int] = None
+    stuck_threads: list[str] = field(default_factory=list)  # still inside a camera/vision call at exit
 
     def describe(self) -> str:
         lines = [f"ran {self.seconds:.1f} s: {self.frames} frames, {self.readings} affect readings, "
@@ -478,11 +479,15 @@ class Chair:
     def close(self, vision: Optional[threading.Thread] = None) -> None:
         """Outputs off and closed first, then everything else; safe on a half-built chair."""
         self.bank.all_off("close")
-        for stop in ("health", "watchdog", "grabber"):
+        for stop in ("health", "watchdog"):
             if hasattr(self, stop):
                 getattr(self, stop).stop()
+        if hasattr(self, "grabber") and not self.grabber.stop():
+            self.report.stuck_threads.append("relaxd-capture")
         if vision is not None and vision.is_alive():
             vision.join(timeout=2.0)
+            if vision.is_alive():
+                self.report.stuck_threads.append(vision.name)
         if self.estop_button is not None:
             self.estop_button.close()
         self.bank.close()

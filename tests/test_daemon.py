@@ -165,3 +165,39 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path, tiny_model, demo_clip):
     (session,) = store.list_sessions()
     assert session.end_reason == "daemon stopped"
     store.close()
+
+
+STUCK_CAMERA_RUN = """
+import sys, threading
+from relaxd.capture import sources
+
+original_read = sources.OpenCVSource.read
+calls = [0]
+
+def read_then_hang(self):
+    calls[0] += 1
+    if calls[0] > 5:
+        threading.Event().wait()  # a camera stuck inside its driver call, never returning
+    return original_read(self)
+
+sources.OpenCVSource.read = read_then_hang
+from relaxd.cli import main
+sys.exit(main(["--config", sys.argv[1], "run", "--duration", "2"]))
+"""
+
+
+def test_a_camera_stuck_at_exit_does_not_keep_the_daemon_or_crash_it(tmp_path, tiny_model, demo_clip):
+    """Python finalising under a thread stuck in native code aborts (exit 134): the daemon leaves first."""
+    config = tmp_path / "chair.yaml"
+    config.write_text(
+        f"camera:\n  source: {demo_clip}\nclassifier:\n  model: {tiny_model}\n"
+        f"store:\n  path: {tmp_path / 'r.db'}\nipc:\n  socket: ''\n"
+    )
+    result = subprocess.run([sys.executable, "-c", STUCK_CAMERA_RUN, str(config)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr
+    assert "relaxd-capture still blocked" in result.stderr and "final state" in result.stdout
+    store = SessionStore(tmp_path / "r.db")
+    (session,) = store.list_sessions()
+    assert session.end_reason == "daemon stopped"  # the record was closed before leaving
+    store.close()
