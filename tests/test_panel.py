@@ -271,6 +271,47 @@ def test_home_screen_draws_affect_timeline_levels_and_health(tmp_path):
         pygame.display.quit()
 
 
+def test_ending_a_session_takes_two_touches_within_seconds():
+    pygame.display.init()
+    pygame.font.init()
+    try:
+        now = [50.0]
+        sent: list[str] = []
+
+        class Host:
+            settings = PanelSettings()
+            state = PanelState(connected=True, state="running")
+
+            def timeline(self):
+                return ()
+
+            def now(self):
+                return now[0]
+
+            def send(self, cmd, **args):
+                sent.append(cmd)
+
+        home, host, painter = HomeScreen(clock=lambda: now[0]), Host(), Painter(pygame.Surface((800, 480)))
+
+        def touch_end() -> None:
+            home.draw(painter, host)
+            (button,) = [b for b in home.buttons if b.label in ("End session", "Tap again to end")]
+            button.action()
+
+        touch_end()
+        assert sent == [] and home.buttons[-1].label == "End session"
+        home.draw(painter, host)
+        assert home.buttons[-1].label == "Tap again to end"
+        now[0] += HomeScreen.CONFIRM_END_S + 0.1  # too late: the first touch has expired
+        touch_end()
+        assert sent == []
+        now[0] += 1.0
+        touch_end()
+        assert sent == ["stop"]
+    finally:
+        pygame.display.quit()
+
+
 def test_wrong_pins_lock_the_keypad_for_a_minute_even_against_the_right_pin():
     pygame.display.init()
     pygame.font.init()
@@ -428,6 +469,9 @@ def test_a_session_is_started_paused_resumed_and_ended_by_touch(panel, tmp_path)
     assert wait_for(lambda: call(path, "status")["state"] in ("starting", "running"))
     assert frames_until(app, lambda: any(b.label == "End session" and b.enabled for b in app.shown.buttons))
     press(app, "End session")
+    assert frames_until(app, lambda: "Tap again to end" in app.labels), "one touch must not end the session"
+    assert call(path, "status")["state"] in ("starting", "running")
+    press(app, "Tap again to end")
     assert wait_for(lambda: call(path, "status")["state"] == "idle")
 
     press(app, "Start")

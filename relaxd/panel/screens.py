@@ -151,6 +151,21 @@ class HomeScreen(Screen):
     """State and why, the child's affect and its timeline, output levels, health; pause/resume/end."""
 
     name = "home"
+    # Ending a session takes two touches within this many seconds, so a child's stray touch
+    # does not end it (STOP, on every screen, still takes one).
+    CONFIRM_END_S = 4.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._end_armed_until = 0.0
+
+    def _end_session(self, host: Host) -> None:
+        if self._clock() < self._end_armed_until:
+            self._end_armed_until = 0.0
+            host.send("stop")
+        else:
+            self._end_armed_until = self._clock() + self.CONFIRM_END_S
 
     def draw(self, painter: Painter, host: Host) -> None:
         state = host.state
@@ -175,12 +190,15 @@ class HomeScreen(Screen):
             x = draw_dot(painter, (x, 380), part.ok, part.title) + 28
 
         stimulating = state.state in ("starting", "running")
+        armed = self._clock() < self._end_armed_until
         self.buttons = [
             Button(pygame.Rect(left, 400, 192, 70), "Pause", lambda: host.send("pause"), enabled=stimulating),
             Button(pygame.Rect(left + 206, 400, 192, 70), "Resume", lambda: host.send("resume"),
                    enabled=state.state in ("paused", "halted")),
-            Button(pygame.Rect(left + 412, 400, 192, 70), "End session", lambda: host.send("stop"),
-                   enabled=stimulating or state.state in ("paused", "halted")),
+            Button(pygame.Rect(left + 412, 400, 192, 70), "Tap again to end" if armed else "End session",
+                   lambda: self._end_session(host), WARN_AMBER if armed else BUTTON,
+                   enabled=stimulating or state.state in ("paused", "halted"),
+                   text_size=24 if armed else 32, text_colour=(20, 20, 20) if armed else TEXT),
         ]
         for button in self.buttons:
             button.draw(painter)
