@@ -83,6 +83,15 @@ def test_a_face_that_fills_the_photo_is_found(detector, astronaut, side):
     assert box[2] >= 0.6 * side and box[3] >= 0.6 * side
 
 
+def test_a_blurred_filling_face_is_found_by_the_lenient_last_scan(detector, astronaut, monkeypatch):
+    """A soft, tight, FER-sized face (like many FER2013 photos) that the strict scans miss."""
+    crop = cv2.resize(cv2.GaussianBlur(astronaut[64:144, 186:266], (0, 0), 3), (48, 48), interpolation=cv2.INTER_AREA)
+    box = detector.find_best(crop)
+    assert box is not None and box[2] >= 0.5 * 48 and 12 <= centre(box)[0] <= 36
+    monkeypatch.setattr(detector_module, "LENIENT_NEIGHBORS", DetectorSettings().min_neighbors)
+    assert FaceDetector(DetectorSettings()).find_best(crop) is None  # why the lenient scan exists
+
+
 def test_a_small_crop_with_context_is_upscaled_and_found(detector, astronaut):
     crop = cv2.resize(astronaut[55:175, 165:285], (48, 48), interpolation=cv2.INTER_AREA)  # FER-sized
     boxes = detector.detect_all(crop)
