@@ -49,9 +49,10 @@ its shorter side, so the border retry skips smaller sizes (and their cost)."""
 LENIENT_NEIGHBORS = 2
 """A photo in which neither scan found a face gets a last border scan that accepts a face
 backed by this many overlapping detections. Photos are handed in because they show a
-face, and the border scan only considers faces filling 40% of the photo, so the false
-faces this could add are few; on FER2013 val it finds a face in 5 more photos in 100.
-The camera path never uses it."""
+face, and the border scan only considers faces filling 40% of the photo; on FER2013 val
+it finds a face in 5 more photos in 100. The price: a plain bright disk filling a picture
+can pass for a face (1 synthetic disk in 6 in the tests), so a photo of no face may get a
+box. The camera path never uses it."""
 
 TRACK_SIZES = (0.7, 1.4)
 """While tracking, faces between these multiples of the last face's size are searched."""
