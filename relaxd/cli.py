@@ -107,7 +107,6 @@ def replay_command(args: argparse.Namespace) -> int:
 
 def demo_cache_dir() -> Path:
     """Where the generated demo clip is kept (it is synthetic: no child's image)."""
-
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "relaxd"
 
