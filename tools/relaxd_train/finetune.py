@@ -109,7 +109,8 @@ def finetune(settings: FinetuneSettings, command: str = "") -> dict[str, Any]:
 
     from relaxd_train.architectures import feature_layer_count, load_checkpoint
     from relaxd_train.export import read_run_state
-    from relaxd_train.train import TrainSettings, class_weights, make_dataset, new_run_state, progress_callback
+    from relaxd_train.train import (TrainSettings, chained_command, class_weights, make_dataset, new_run_state,
+                                    progress_callback)
 
     if settings.epochs < 0 or settings.unfreeze_epochs < 0 or settings.epochs + settings.unfreeze_epochs == 0:
         raise DataError("finetune needs --epochs and/or --unfreeze-epochs above 0")
@@ -138,9 +139,7 @@ def finetune(settings: FinetuneSettings, command: str = "") -> dict[str, Any]:
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss, metrics=["accuracy"])
     before = float(model.evaluate(val_ds, verbose=0)[1])
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The card quotes every step that made the model: the base run's command, then this one.
-    commands = "\n".join(c for c in (base_state.get("command", ""), command) if c)
-    state = new_run_state(run, train_data, val_data, model, commands)
+    state = new_run_state(run, train_data, val_data, model, chained_command(base_state, command))
     state["finetune"] = {
         "from": str(settings.checkpoint),
         "base_epochs": base_state.get("epochs_done"),

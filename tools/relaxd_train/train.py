@@ -150,6 +150,14 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
     return ProgressAndCheckpoint()
 
 
+def chained_command(base_state: dict[str, Any], command: str) -> str:
+    """The commands that made a model, one per line: the base run's steps, then this one.
+
+    The model card quotes them, so a warm-started or fine-tuned model shows every step.
+    """
+    return "\n".join(c for c in (base_state.get("command", ""), command) if c)
+
+
 def new_run_state(settings: TrainSettings, train_data: Dataset, val_data: Dataset, model: Any,
                   command: str = "") -> dict[str, Any]:
     """The ``state.json`` of a new run: settings, data, model size, and no epoch done yet."""
@@ -216,9 +224,7 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         else:
             model = build(settings.arch, settings.preprocess.input_size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
-        # The card quotes every step that made the model: the earlier runs' commands, then this one.
-        commands = "\n".join(c for c in (base_state.get("command", ""), command) if c)
-        state = new_run_state(settings, train_data, val_data, model, commands)
+        state = new_run_state(settings, train_data, val_data, model, chained_command(base_state, command))
         if init_from is not None:
             state["init_from"] = {"checkpoint": str(init_from),
                                   "val_accuracy": base_state.get("best_val_accuracy")}
