@@ -183,7 +183,9 @@ class Chair:
         self.notifier = notifier or SystemdNotifier()
         self.health = HealthGate(self.notifier, {
             "control loop": lambda: self.watchdog.healthy,
-            "camera": lambda: not self.grabber.stalled,
+            # Hung, not merely stalled: an unplugged camera is reconnected in-process with
+            # back-off; only a driver call that never returns needs systemd's restart.
+            "camera": lambda: not self.grabber.hung,
             "outputs": lambda: self._link_faults == 0,
         })
 

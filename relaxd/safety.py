@@ -392,7 +392,7 @@ class HealthGate:
     """Sends WATCHDOG=1 to systemd only while every registered check says healthy.
 
     Checks (control loop, camera, microcontroller link) must be quick reads of state the
-    parts keep, e.g. ``watchdog.healthy`` or "last frame newer than the stall timeout". A
+    parts keep, e.g. ``watchdog.healthy`` or "the camera driver is not stuck in a call". A
     check that raises counts as unhealthy. When the pings stop, systemd kills and restarts
     the daemon after WatchdogSec. The gate runs on its own thread (``start``), pinging at
     half of WatchdogSec; it does nothing when systemd set no watchdog.

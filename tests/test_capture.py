@@ -51,6 +51,15 @@ def clip(tmp_path: Path) -> Path:
     return write_clip(tmp_path / "clip.avi", 30)
 
 
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 class Recorder:
     """An on_event callback that remembers events and lets a test wait for one."""
 
@@ -335,6 +344,7 @@ def test_grabber_reports_a_blocked_source_as_stalled_and_stop_does_not_hang() ->
         assert recorder.wait_for("stalled")
         assert grabber.status is CaptureStatus.STALLED
         assert grabber.stalled and grabber.frame_age() > FAST["stall_timeout_s"]
+        assert wait_until(lambda: grabber.hung)  # stuck inside read(): only a restart helps
         started = time.monotonic()
         assert grabber.stop(timeout=0.2) is False  # still blocked in read()
         assert time.monotonic() - started < 2.0
@@ -344,6 +354,46 @@ def test_grabber_reports_a_blocked_source_as_stalled_and_stop_does_not_hang() ->
         release.set()
     assert source.closed.wait(5.0)  # the capture thread closes its source once read() returns
     assert "lost" not in recorder.kinds
+
+
+def test_an_unplugged_camera_is_stalled_but_not_hung_while_the_grabber_reconnects() -> None:
+    """systemd must not restart the daemon for a camera the back-off can bring back."""
+    plugged_in = threading.Event()
+
+    def factory() -> FrameSource:
+        return ScriptedSource(None) if plugged_in.is_set() else UnpluggedSource()
+
+    first = [ScriptedSource(2)]
+    recorder = Recorder()
+    grabber = FrameGrabber(lambda: first.pop() if first else factory(), CameraSettings(**FAST), on_event=recorder)
+    with grabber:
+        assert recorder.wait_for("stalled") and recorder.wait_for("reopen_failed")
+        deadline = time.monotonic() + 4 * FAST["stall_timeout_s"]
+        while time.monotonic() < deadline:  # through several failed reopenings
+            assert grabber.stalled and not grabber.hung
+            time.sleep(0.01)
+        plugged_in.set()
+        assert recorder.wait_for("recovered")
+        assert not grabber.stalled and not grabber.hung
+
+
+def test_a_camera_open_that_never_returns_is_hung() -> None:
+    release = threading.Event()
+
+    class FrozenOpen(ScriptedSource):
+        def open(self) -> None:
+            release.wait()
+
+    script = [ScriptedSource(2), FrozenOpen(None)]
+    grabber = FrameGrabber(lambda: script.pop(0), CameraSettings(**FAST))
+    grabber.start()
+    try:
+        assert wait_until(lambda: grabber.hung)
+        assert grabber.status is CaptureStatus.RECONNECTING
+    finally:
+        release.set()
+        grabber.stop(timeout=5.0)
+    assert not grabber.hung
 
 
 def test_grabber_start_fails_loudly_on_a_missing_file(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,21 @@ def test_camera_loss_fades_to_idle_and_alerts(tmp_path, tiny_model, demo_clip):
     chair.request_stop("test")
     thread.join(10)
     assert all(value == 0.0 for value in outputs_of(chair).values())
+
+
+def test_systemd_is_asked_to_restart_for_a_hung_camera_not_for_an_unplugged_one(tmp_path, tiny_model, demo_clip):
+    """The back-off reconnects an unplugged camera in-process; a restart loop would only end in
+    systemd giving up. A driver call that never returns is what the restart is for."""
+    chair = Chair(chair_settings(tmp_path, tiny_model, demo_clip))
+    try:
+        real = chair.grabber
+        chair.grabber = types.SimpleNamespace(stalled=True, hung=False)  # reconnecting with back-off
+        assert chair.health.failing() == []
+        chair.grabber = types.SimpleNamespace(stalled=True, hung=True)  # stuck inside read()/open()
+        assert chair.health.failing() == ["camera"]
+        chair.grabber = real
+    finally:
+        chair.close()
 
 
 def test_watchdog_expiry_switches_outputs_off(tmp_path, tiny_model, demo_clip):

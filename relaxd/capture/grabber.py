@@ -10,17 +10,24 @@ When the source fails (``read()`` returns None or raises) the grabber closes it 
 opens a new one from the factory, waiting ``reconnect_initial_s``, then twice as long
 each time up to ``reconnect_max_s``, until it works or ``stop()`` is called. A video
 file that does not loop simply ends.
+
+Two kinds of trouble, told apart for the systemd watchdog: ``stalled`` (no fresh frame,
+whatever the cause; the session fades meanwhile) and ``hung`` (the capture thread has been
+stuck inside one ``read()`` or ``open()`` for longer than ``stall_timeout_s``). An unplugged
+camera is stalled but not hung, and the back-off reconnects it once it is back; a hung native
+call is something only a restart of the process can end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import structlog
@@ -95,6 +102,7 @@ class FrameGrabber:
         self._done = False  # the capture thread will publish no more frames
         self._started_at: float | None = None
         self._stall_reported_at: float | None = None
+        self._in_call_since: float | None = None  # the capture thread is inside read()/open()
         self._captured = 0
         self._dropped = 0
         self._reconnects = 0
@@ -199,6 +207,14 @@ class FrameGrabber:
                 return False
             return self._age_locked() > self._stall_timeout
 
+    @property
+    def hung(self) -> bool:
+        """True when the capture thread has been inside one camera call longer than ``stall_timeout_s``."""
+        with self._cond:
+            if self._in_call_since is None or self._status in TERMINAL:
+                return False
+            return self._clock() - self._in_call_since > self._stall_timeout
+
     def stats(self) -> CaptureStats:
         with self._cond:
             return CaptureStats(
@@ -227,7 +243,8 @@ class FrameGrabber:
                     source, delay = self._reconnect(delay)
                     continue
                 try:
-                    image, reason = source.read(), "read() returned no frame"
+                    with self._camera_call():
+                        image, reason = source.read(), "read() returned no frame"
                 except Exception as exc:  # a vanished camera raises all sorts of things
                     image, reason = None, f"read() raised {exc!r}"
                 if self._stop.is_set():
@@ -264,7 +281,8 @@ class FrameGrabber:
             return None, delay
         next_delay = min(delay * 2, self._backoff_max)
         try:
-            source = self._open_new()
+            with self._camera_call():
+                source = self._open_new()
         except Exception as exc:
             self._emit("reopen_failed", {"attempt": attempt, "error": str(exc)})
             return None, next_delay
@@ -274,6 +292,17 @@ class FrameGrabber:
         # Keep the grown delay until a frame arrives: a camera that opens but never
         # delivers must not be reopened in a tight loop.
         return source, next_delay
+
+    @contextlib.contextmanager
+    def _camera_call(self) -> Iterator[None]:
+        """Mark the capture thread as inside the camera driver, for ``hung``."""
+        with self._cond:
+            self._in_call_since = self._clock()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_call_since = None
 
     def _open_new(self) -> FrameSource:
         source = self._factory()
