@@ -8,6 +8,7 @@ the simulated ones; the store is a real SQLite file; the model a real (tiny) TFL
 from __future__ import annotations
 
 import dataclasses
+import grp
 import json
 import os
 import re
@@ -357,6 +358,55 @@ def test_the_socket_is_group_readable_only(running):
 
 def echo_server(path: Path, **limits) -> ControlServer:
     return ControlServer(path, lambda cmd, args: {"cmd": cmd, "args": args}, IpcSettings(socket=str(path), **limits))
+
+
+def group_the_daemon_may_give() -> grp.struct_group | None:
+    """A group other than our own that this process may hand the socket to (root: any)."""
+    ours = os.getegid()
+    candidates = [g for g in grp.getgrall() if g.gr_gid != ours]
+    if os.geteuid() != 0:
+        candidates = [g for g in candidates if g.gr_gid in os.getgroups()]
+    return candidates[0] if candidates else None
+
+
+def group_the_daemon_may_not_give() -> grp.struct_group | None:
+    if os.geteuid() == 0:
+        return None  # root may give any group
+    allowed = {os.getegid(), *os.getgroups()}
+    return next((g for g in grp.getgrall() if g.gr_gid not in allowed), None)
+
+
+def socket_group(group_name: str) -> int:
+    folder = short_dir()
+    path = folder / "s.sock"
+    try:
+        server = ControlServer(path, lambda cmd, args: {}, IpcSettings(socket=str(path), group=group_name))
+        with server:
+            assert call(path, "status") == {}, "the server must run whatever happened to the group"
+            return os.stat(path).st_gid
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_socket_is_handed_to_the_configured_group():
+    group = group_the_daemon_may_give()
+    if group is None:
+        pytest.skip("this user is in no second group to hand the socket to")
+    assert socket_group(group.gr_name) == group.gr_gid
+
+
+def test_a_missing_or_forbidden_group_leaves_the_socket_with_the_daemons_group(monkeypatch):
+    assert socket_group("relaxd-no-such-group") == os.getegid()
+    forbidden = group_the_daemon_may_not_give()
+    if forbidden is None:  # root may give any group: refuse as the kernel refuses other users
+        forbidden = group_the_daemon_may_give()
+        assert forbidden is not None
+
+        def refuse(*_args):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("relaxd.ipc.os.chown", refuse)
+    assert socket_group(forbidden.gr_name) == os.getegid()
 
 
 def test_a_stale_socket_is_replaced_and_a_live_one_refused():
