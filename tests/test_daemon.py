@@ -122,14 +122,14 @@ def test_systemd_is_asked_to_restart_for_a_hung_camera_not_for_an_unplugged_one(
     """The back-off reconnects an unplugged camera in-process; a restart loop would only end in
     systemd giving up. A driver call that never returns is what the restart is for."""
     chair = Chair(chair_settings(tmp_path, tiny_model, demo_clip))
+    real = chair.grabber
     try:
-        real = chair.grabber
         chair.grabber = types.SimpleNamespace(stalled=True, hung=False)  # reconnecting with back-off
         assert chair.health.failing() == []
         chair.grabber = types.SimpleNamespace(stalled=True, hung=True)  # stuck inside read()/open()
         assert chair.health.failing() == ["camera"]
-        chair.grabber = real
     finally:
+        chair.grabber = real
         chair.close()
 
 
