@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from chairkit import wait_for
 
 from relaxd.capture import (
     CaptureStatus,
@@ -49,15 +50,6 @@ def write_clip(path: Path, frames: int, fps: float = 25.0) -> Path:
 @pytest.fixture
 def clip(tmp_path: Path) -> Path:
     return write_clip(tmp_path / "clip.avi", 30)
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 class Recorder:
@@ -344,7 +336,7 @@ def test_grabber_reports_a_blocked_source_as_stalled_and_stop_does_not_hang() ->
         assert recorder.wait_for("stalled")
         assert grabber.status is CaptureStatus.STALLED
         assert grabber.stalled and grabber.frame_age() > FAST["stall_timeout_s"]
-        assert wait_until(lambda: grabber.hung)  # stuck inside read(): only a restart helps
+        assert wait_for(lambda: grabber.hung)  # stuck inside read(): only a restart helps
         started = time.monotonic()
         assert grabber.stop(timeout=0.2) is False  # still blocked in read()
         assert time.monotonic() - started < 2.0
@@ -359,13 +351,15 @@ def test_grabber_reports_a_blocked_source_as_stalled_and_stop_does_not_hang() ->
 def test_an_unplugged_camera_is_stalled_but_not_hung_while_the_grabber_reconnects() -> None:
     """systemd must not restart the daemon for a camera the back-off can bring back."""
     plugged_in = threading.Event()
+    first = [ScriptedSource(2)]  # streams briefly, then fails
 
     def factory() -> FrameSource:
+        if first:
+            return first.pop()
         return ScriptedSource(None) if plugged_in.is_set() else UnpluggedSource()
 
-    first = [ScriptedSource(2)]
     recorder = Recorder()
-    grabber = FrameGrabber(lambda: first.pop() if first else factory(), CameraSettings(**FAST), on_event=recorder)
+    grabber = FrameGrabber(factory, CameraSettings(**FAST), on_event=recorder)
     with grabber:
         assert recorder.wait_for("stalled") and recorder.wait_for("reopen_failed")
         deadline = time.monotonic() + 4 * FAST["stall_timeout_s"]
@@ -388,7 +382,7 @@ def test_a_camera_open_that_never_returns_is_hung() -> None:
     grabber = FrameGrabber(lambda: script.pop(0), CameraSettings(**FAST))
     grabber.start()
     try:
-        assert wait_until(lambda: grabber.hung)
+        assert wait_for(lambda: grabber.hung)
         assert grabber.status is CaptureStatus.RECONNECTING
     finally:
         release.set()

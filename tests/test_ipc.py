@@ -380,9 +380,8 @@ def socket_group(group_name: str) -> int:
     folder = short_dir()
     path = folder / "s.sock"
     try:
-        server = ControlServer(path, lambda cmd, args: {}, IpcSettings(socket=str(path), group=group_name))
-        with server:
-            assert call(path, "status") == {}, "the server must run whatever happened to the group"
+        with echo_server(path, group=group_name):
+            assert call(path, "status")["cmd"] == "status", "the server must run whatever happened to the group"
             return os.stat(path).st_gid
     finally:
         shutil.rmtree(folder, ignore_errors=True)
