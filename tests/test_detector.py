@@ -92,6 +92,40 @@ def test_a_blurred_filling_face_is_found_by_the_lenient_last_scan(detector, astr
     assert FaceDetector(DetectorSettings()).find_best(crop) is None  # why the lenient scan exists
 
 
+@pytest.fixture(scope="module")
+def tilted_face(astronaut) -> np.ndarray:
+    """Her face tilted by 25 degrees in a 96x96 photo: the default cascade misses it, alt2 does not."""
+    turn = cv2.getRotationMatrix2D((225, 113), 25, 1.0)
+    tilted = cv2.warpAffine(astronaut, turn, (512, 512), borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(tilted[40:180, 160:300], (96, 96), interpolation=cv2.INTER_AREA)
+
+
+def test_the_photo_fallback_cascade_finds_a_face_the_default_misses(tilted_face, monkeypatch):
+    box = FaceDetector(DetectorSettings()).find_best(tilted_face)
+    assert box is not None and 30 <= centre(box)[0] <= 55 and 40 <= centre(box)[1] <= 65 and box[2] >= 40
+    # Without it (an install that lacks alt2) the photo has no face, and nothing else breaks:
+    monkeypatch.setattr(detector_module, "PHOTO_FALLBACK_CASCADE_NAME", "no_such_cascade.xml")
+    lookups = []
+    real_loader = detector_module.load_photo_fallback
+    monkeypatch.setattr(detector_module, "load_photo_fallback", lambda: lookups.append(1) or real_loader())
+    default_only = FaceDetector(DetectorSettings())
+    assert real_loader() is None
+    assert default_only.find_best(tilted_face) is None
+    assert default_only.find_best(tilted_face) is None
+    assert len(lookups) == 1  # the missing file is looked for once, not per photo
+
+
+def test_camera_frames_never_use_the_photo_fallback(tilted_face, monkeypatch):
+    def refuse():
+        raise AssertionError("track() loaded the photo fallback cascade")
+
+    monkeypatch.setattr(detector_module, "load_photo_fallback", refuse)
+    detector = FaceDetector(DetectorSettings())
+    frame = cv2.resize(tilted_face, (640, 480))
+    for _ in range(3):
+        detector.track(frame)
+
+
 def test_a_small_crop_with_context_is_upscaled_and_found(detector, astronaut):
     crop = cv2.resize(astronaut[55:175, 165:285], (48, 48), interpolation=cv2.INTER_AREA)  # FER-sized
     boxes = detector.detect_all(crop)
