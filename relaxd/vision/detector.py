@@ -219,8 +219,9 @@ class FaceDetector:
         """
         gray, factor = self._upscaled(image)
         boxes = self._photo_scans(gray, self._cascade)
-        if not boxes and self._fallback_cascade() is not None:
-            boxes = self._photo_scans(gray, self._photo_fallback)
+        fallback = None if boxes else self._fallback_cascade()
+        if fallback is not None:
+            boxes = self._photo_scans(gray, fallback)
         best = pick_face(boxes, gray.shape, self.settings.pick)
         return None if best is None else clip_box(_scaled(best, 1.0 / factor), image.shape)
 
