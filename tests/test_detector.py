@@ -72,6 +72,16 @@ def test_grayscale_input_gives_the_same_face(detector, astronaut):
     assert detector.find_best(gray) == detector.find_best(astronaut)
 
 
+@pytest.mark.parametrize("side", [2048, 4000])
+def test_a_large_photo_is_scanned_at_camera_size(detector, astronaut, side):
+    """A phone-sized photo: at full resolution the cascade adds a spurious face bigger than hers."""
+    photo = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_CUBIC)
+    expected = tuple(round(v * side / 512) for v in FACE)
+    boxes = detector.detect_all(photo)
+    assert len(boxes) == 1 and iou(boxes[0], expected) > 0.8
+    assert iou(detector.find_best(photo), expected) > 0.8
+
+
 @pytest.mark.parametrize("side", [80, 48, 300])
 def test_a_face_that_fills_the_photo_is_found(detector, astronaut, side):
     """A tight crop inside the face: no context around it, so only the border retry finds it."""

@@ -3,7 +3,8 @@
 Two ways in:
 
 * ``detect_all`` / ``find_best``: stateless full scans of one image (photos, the
-  evaluator). Small images are upscaled first; a face that fills the image is found
+  evaluator). Small images are upscaled first and large ones downscaled to a camera
+  frame's size; a face that fills the image is found
   by retrying on the image with a border added, because the cascade needs some
   context around a face, and last with a more lenient border scan; a photo in which
   all of these find nothing gets the same scans with a second cascade (alt2).
@@ -47,6 +48,11 @@ HAAR_WINDOW = 24
 
 MIN_SCAN_SIDE = 192
 """Images whose shorter side is below this (48x48 FER crops) are upscaled to it first."""
+
+MAX_SCAN_SIDE = 480
+"""Images whose shorter side is above this (phone photos) are downscaled to it first, the
+camera's frame height. At full resolution the cascade also finds large spurious faces: in
+the astronaut photo scaled to 2048 px, a box bigger than her face, which "largest" picks."""
 
 PAD_FRACTION = 0.3
 """Border added on every side, as a fraction of the image size, for a face that fills it."""
@@ -193,21 +199,26 @@ class FaceDetector:
         return [_scaled(box, 1.0, (-pad_x, -pad_y)) for box in boxes]
 
     @staticmethod
-    def _upscaled(image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Grayscale image, upscaled when small so that a face in it can reach the cascade's size."""
+    def _scan_size(image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grayscale image at the size photos are scanned at, and the factor it was resized by.
+
+        Small images are upscaled so that a face in them can reach the cascade's size;
+        large ones are downscaled to a camera frame's size.
+        """
         gray = to_gray(image)
         shorter = min(gray.shape[:2])
-        if shorter >= MIN_SCAN_SIDE:
+        if MIN_SCAN_SIDE <= shorter <= MAX_SCAN_SIDE:
             return gray, 1.0
-        factor = MIN_SCAN_SIDE / shorter
-        size = (int(round(gray.shape[1] * factor)), int(round(gray.shape[0] * factor)))
-        return cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR), factor
+        factor = (MIN_SCAN_SIDE if shorter < MIN_SCAN_SIDE else MAX_SCAN_SIDE) / shorter
+        size = (max(1, int(round(gray.shape[1] * factor))), max(1, int(round(gray.shape[0] * factor))))
+        interpolation = cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA
+        return cv2.resize(gray, size, interpolation=interpolation), factor
 
     # -- photos ------------------------------------------------------------------
 
     def detect_all(self, frame: np.ndarray) -> list[Box]:
         """Every face in one image of any size (one full scan, no border retry, no state)."""
-        gray, factor = self._upscaled(frame)
+        gray, factor = self._scan_size(frame)
         boxes = [_scaled(box, 1.0 / factor) for box in self._scan(gray, self._min_side(gray))]
         return [box for box in (clip_box(b, frame.shape) for b in boxes) if box is not None]
 
@@ -217,7 +228,7 @@ class FaceDetector:
         The default cascade's scans come first; only a photo in which they all find
         nothing is scanned again with the photo fallback cascade.
         """
-        gray, factor = self._upscaled(image)
+        gray, factor = self._scan_size(image)
         boxes = self._photo_scans(gray, self._cascade)
         fallback = None if boxes else self._fallback_cascade()
         if fallback is not None:
