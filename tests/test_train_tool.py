@@ -183,6 +183,17 @@ def test_folder_without_class_folders_is_explained(tmp_path):
         load_split(tmp_path / "missing", "train", SPEC)
 
 
+def test_hidden_files_and_archive_clutter_are_skipped(tmp_path):
+    """A photo folder zipped on a Mac and opened in a notebook: only the photos count."""
+    write_class_folders(tmp_path, ("happy", "sad"), per_class=2, seed=0)
+    (tmp_path / "__MACOSX" / "happy").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "happy" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "happy" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    data = load_split(tmp_path, "val", SPEC)
+    assert data.class_counts()["happy"] == data.class_counts()["sad"] == 2 and len(data) == 4
+
+
 def test_two_aliases_of_one_class_are_refused(tmp_path):
     write_class_folders(tmp_path, ("happy", "joy"), per_class=1, seed=0)
     with pytest.raises(DataError, match="both class 'happy'"):

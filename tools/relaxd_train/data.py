@@ -159,9 +159,15 @@ def split_source(path: Path | str, split: str) -> str:
     return str(split_dir or path)
 
 
+def is_clutter(path: Path) -> bool:
+    """Hidden files and folders, and what archivers and notebooks leave beside photos
+    (``.DS_Store``, macOS's ``__MACOSX`` and ``._photo.jpg``, ``.ipynb_checkpoints``)."""
+    return path.name.startswith((".", "__"))
+
+
 def list_class_folders(root: Path, labels: tuple[str, ...] = FER2013_LABELS) -> list[LabelledImage]:
     """``root/<class>/*`` with class-name aliases; all folders are checked before any image is read."""
-    class_dirs = [child for child in sorted(root.iterdir()) if child.is_dir()]
+    class_dirs = [child for child in sorted(root.iterdir()) if child.is_dir() and not is_clutter(child)]
     if not class_dirs:
         raise DataError(f"no class folders in {root}: expected {root}/<class>/<image files>")
     seen: dict[str, Path] = {}
@@ -173,7 +179,8 @@ def list_class_folders(root: Path, labels: tuple[str, ...] = FER2013_LABELS) -> 
         if label in seen:
             raise DataError(f"{class_dir} and {seen[label]} are both class {label!r}: merge them into one folder")
         seen[label] = class_dir
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in class_dir.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_clutter(p))
         if not files:
             raise DataError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         items.extend(LabelledImage(str(file), labels.index(label)) for file in files)
