@@ -124,7 +124,8 @@ def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str
             "## Whole pipeline: face detector + model on val photos",
             "",
             "`train-and-export evaluate --model models/" + model_file + " --data " + str(detect_report.get("data"))
-            + " --detect-faces`: the daemon's Viola-Jones detector runs on each 48x48 val image (upscaled), "
+            + " --detect-faces`: the daemon's Viola-Jones detector runs on each 48x48 val image "
+            "(upscaled; OpenCV's alt2 cascade where the default finds no face), "
             "the face is cropped by the preprocessing contract, and a photo with no face found counts as wrong.",
             "",
             "| face found | 7-class | 3-class | negative recall |",
