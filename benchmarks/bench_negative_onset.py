@@ -29,7 +29,6 @@ If the FER2013 data is absent it says so and exits 0 ("skipped").
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -76,8 +75,8 @@ class BenchmarkError(RelaxdError):
 
 
 SWAY_PX = (10, 6)
-SCREEN_OFFSETS = ((0, 0), SWAY_PX, (-SWAY_PX[0], -SWAY_PX[1]), (SWAY_PX[0], -SWAY_PX[1]), (-SWAY_PX[0], SWAY_PX[1]))
-"""Where a face is checked while screening: the centre and the corners of the sway."""
+SWAY_CORNERS = tuple((sx * SWAY_PX[0], sy * SWAY_PX[1]) for sx in (-1, 1) for sy in (-1, 1))
+"""Where a face is checked while screening, besides the centre: the corners of the sway."""
 
 
 def sway(now: float) -> tuple[int, int]:
@@ -136,10 +135,10 @@ def screen(pipeline: VisionPipeline, data: Path, labels: tuple[str, ...], groups
             if image is None:
                 continue
             screened += 1
-            readings = (read_rendered(pipeline, image, offset, noise) for offset in SCREEN_OFFSETS)
-            first = next(readings)
-            if all(confident(reading) for reading in itertools.chain([first], readings)):
-                top, probabilities = first
+            centre = read_rendered(pipeline, image, (0, 0), noise)
+            if confident(centre) and all(confident(read_rendered(pipeline, image, offset, noise))
+                                         for offset in SWAY_CORNERS):
+                top, probabilities = centre
                 accepted.append(Face(path.name, label, image, meta.labels[top], share_of(probabilities)))
     pipeline.detector.reset()
     return accepted, screened

@@ -31,6 +31,8 @@ from relaxd.errors import DetectorError
 from relaxd.settings import DetectorSettings
 from relaxd.vision.preprocess import Box, crop_face, margin_square, to_gray
 
+log = structlog.get_logger(__name__)
+
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
 PHOTO_FALLBACK_CASCADE_NAME = "haarcascade_frontalface_alt2.xml"
 """A second frontal cascade (same install as the default) tried on a photo in which the
@@ -41,8 +43,6 @@ SYSTEM_CASCADE_DIRS = (
     Path("/usr/share/opencv4/haarcascades"),  # Raspberry Pi OS / Debian: opencv-data
     Path("/usr/share/opencv/haarcascades"),
 )
-log = structlog.get_logger(__name__)
-
 HAAR_WINDOW = 24
 """The frontal-face cascade's base window: no face smaller than this can be found."""
 
@@ -172,7 +172,7 @@ class FaceDetector:
     def _scan(self, gray: np.ndarray, min_side: int, max_side: int = 0, min_neighbors: int = 0,
               cascade: Optional["cv2.CascadeClassifier"] = None) -> list[Box]:
         """detectMultiScale with the configured parameters; boxes in ``gray``'s pixels."""
-        faces = (cascade or self._cascade).detectMultiScale(
+        faces = (self._cascade if cascade is None else cascade).detectMultiScale(
             gray,
             scaleFactor=self.settings.scale_factor,
             minNeighbors=min_neighbors or self.settings.min_neighbors,
