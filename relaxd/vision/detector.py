@@ -20,6 +20,7 @@ Boxes are (x, y, width, height) in the pixels of the image passed in, inside it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -161,8 +162,6 @@ class FaceDetector:
     def __init__(self, settings: DetectorSettings = DetectorSettings()) -> None:
         self.settings = settings
         self._cascade = load_cascade(settings.cascade)
-        self._photo_fallback: Optional[cv2.CascadeClassifier] = None  # loaded on the first photo that needs it
-        self._photo_fallback_tried = False
         self._last: Optional[Box] = None  # last face, in downscaled-frame pixels, may leave the frame
         self._last_shape: tuple[int, ...] = ()
         self._since_full = 0
@@ -230,7 +229,7 @@ class FaceDetector:
         """
         gray, factor = self._scan_size(image)
         boxes = self._photo_scans(gray, self._cascade)
-        fallback = None if boxes else self._fallback_cascade()
+        fallback = None if boxes else self._photo_fallback
         if fallback is not None:
             boxes = self._photo_scans(gray, fallback)
         best = pick_face(boxes, gray.shape, self.settings.pick)
@@ -245,11 +244,10 @@ class FaceDetector:
             boxes = self._scan_padded(gray, LENIENT_NEIGHBORS, cascade)
         return boxes
 
-    def _fallback_cascade(self) -> Optional["cv2.CascadeClassifier"]:
-        if not self._photo_fallback_tried:
-            self._photo_fallback_tried = True
-            self._photo_fallback = load_photo_fallback()
-        return self._photo_fallback
+    @functools.cached_property
+    def _photo_fallback(self) -> Optional["cv2.CascadeClassifier"]:
+        """Loaded on the first photo that needs it (once, also when it is missing)."""
+        return load_photo_fallback()
 
     # -- camera frames -------------------------------------------------------------
 
