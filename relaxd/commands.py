@@ -141,7 +141,7 @@ class ChairCommands:
             # Checked before start_session, which creates the profile and sets caps first.
             if chair.controller.state != State.IDLE:
                 raise CommandRejected(f"cannot start a session while {chair.controller.state}; "
-                                      "stop it (or reset the emergency stop) first")
+                                      "stop it (or reset the emergency stop or fault) first")
             if scenario is not None and scenario not in chair.controller.scenario_names:
                 raise CommandRejected(f"no scenario named {scenario!r}; choose one of {chair.controller.scenario_names}")
             chair.start_session(profile, scenario, now)
@@ -176,12 +176,15 @@ class ChairCommands:
                            "vibration": levels.vibration}}
 
     def reset(self, args: _Args) -> dict[str, Any]:
+        """Reset the emergency stop, or a fault: to idle, never restarting stimulation."""
         by = args.text("by", default="socket", max_len=64)
         chair = self.chair
 
         def reset(now: float) -> tuple[dict[str, Any], list]:
+            if chair.controller.state == State.FAULT and not chair.latch.latched:
+                return reset_fault(now)
             if not chair.latch.latched and chair.controller.state != State.ESTOPPED:
-                raise CommandRejected("the emergency stop is not latched: nothing to reset")
+                raise CommandRejected("neither the emergency stop is latched nor a fault active: nothing to reset")
             chair.latch.reset(by)  # ResetRefusedError while the button is still pressed
             chair.bank.reset_latch()
             if chair.latch.latched:  # tripped again meanwhile: the trip wins
@@ -189,6 +192,14 @@ class ChairCommands:
                 raise CommandRejected("the emergency stop tripped again during the reset; check the chair, "
                                       "then reset again")
             events = chair.controller.reset_estop(now)
+            return {"state": self._state(), "latched": False}, events
+
+        def reset_fault(now: float) -> tuple[dict[str, Any], list]:
+            if chair.bank.latched:  # latched off by a lost microcontroller link, which only a restart reopens
+                raise CommandRejected(f"the outputs are latched off ({chair.bank.latch_reason}); fix the link "
+                                      "(cable, power, firmware), then restart the daemon: sudo systemctl restart relaxd")
+            events = chair.controller.clear_fault(now)
+            log.info("fault reset", by=by)
             return {"state": self._state(), "latched": False}, events
 
         return self._in_loop(reset)

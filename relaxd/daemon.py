@@ -37,7 +37,7 @@ from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.affect import AffectReading
 from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
-from relaxd.control import ChildProfile, Controller, Event, State, load_scenarios
+from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
 from relaxd.errors import RelaxdError
 from relaxd.commands import ChairCommands, finite
 from relaxd.ipc import ControlServer, resolve_socket_path
@@ -51,6 +51,9 @@ log = structlog.get_logger(__name__)
 
 CONTROL_PERIOD_S = 0.05
 """The control loop runs at 20 Hz: fast enough for smooth ramps, far inside the watchdog deadline."""
+
+SESSION_ENDS = frozenset({EventKind.STOPPED, EventKind.SCENARIO_FINISHED, EventKind.ESTOP, EventKind.FAULT})
+"""Controller events that end its session: the session record is closed with the event's kind as reason."""
 
 READING_QUEUE = 64
 REPORT_EVENTS = 500
@@ -144,6 +147,7 @@ class Chair:
         self.stop_requested = threading.Event()
         self._readings: collections.deque[AffectReading] = collections.deque(maxlen=READING_QUEUE)
         self._camera_problems: collections.deque[str] = collections.deque(maxlen=8)
+        self._link_problems: collections.deque[str] = collections.deque(maxlen=8)
         self._link_faults = 0
         self._sound_key: Optional[tuple] = None
         self._phase: Optional[str] = None
@@ -200,6 +204,7 @@ class Chair:
 
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1
+        self._link_problems.append(reason)
         self._alert("link_lost", "high", f"microcontroller link lost: {reason}")
 
     def _on_latch(self, event: LatchEvent) -> None:
@@ -268,6 +273,8 @@ class Chair:
                                  to_state=data["state_to"], reason=data["reason"], data=data["data"])
             if event.is_alert:
                 self._alert(data["kind"], data["priority"], event.reason, **data["data"])
+            if event.kind in SESSION_ENDS:
+                self._end_session(data["kind"])
 
     # ------------------------------------------------------------------ control loop
 
@@ -280,7 +287,9 @@ class Chair:
             problem = self._camera_problems.popleft()
             self._alert("camera_lost", "medium", f"camera {problem}: stimulation faded to idle")
             if self.controller.state in (State.STARTING, State.RUNNING, State.PAUSED):
-                self._record(self.controller.stop(now))
+                self._record(self.controller.stop(now, f"camera {problem}"))
+        while self._link_problems:  # the bank is already latched off; the controller says why
+            self._record(self.controller.fault(now, f"microcontroller link lost: {self._link_problems.popleft()}"))
         while self._readings:
             reading = self._readings.popleft()
             self.report.readings += 1
@@ -296,8 +305,6 @@ class Chair:
         if not self.latch.latched:
             levels = self.bank.apply(to_levels(output.targets), now)
             self._record_stimulus(levels, now)
-        if self._session_id is not None and output.state == State.IDLE:
-            self._end_session("finished")
         self.watchdog.kick()
 
     def _follow_scenario_sound(self, sound: Any) -> None:

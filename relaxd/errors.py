@@ -31,6 +31,3 @@ class DetectorError(RelaxdError):
 class CaptureError(RelaxdError):
     """A frame source cannot be opened or has failed."""
 
-
-class CameraStalledError(CaptureError):
-    """No frame arrived within the configured stall timeout."""

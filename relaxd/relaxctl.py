@@ -95,7 +95,7 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "resume": lambda r: f"state {r['state']}",
     "stop": lambda r: f"state {r['state']}",
     "estop": lambda r: f"EMERGENCY STOP latched (by {r['tripped_by']}); outputs off",
-    "reset": lambda r: f"emergency stop reset; state {r['state']} (start a session to stimulate again)",
+    "reset": lambda r: f"reset; state {r['state']} (start a session to stimulate again)",
     "ack": lambda r: f"acknowledged {r['id']} ({r['kind']}) by {r['acknowledged_by']}",
     "set_caps": show_caps,
     "list_profiles": lambda rows: show_table(rows, ("pseudonym", "light_cap", "sound_cap", "vibration_cap",
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("resume", "resume a paused or halted session")
     command("stop", "end the session with a fade-out")
     for name, help in (("estop", "EMERGENCY STOP: every output off at once, latched"),
-                       ("reset", "reset the emergency stop (starts nothing)")):
+                       ("reset", "reset the emergency stop or a fault (starts nothing)")):
         command(name, help).add_argument("--by", default=_who(), help="who (default: your user name)")
     ack = command("ack", "acknowledge an alarm")
     ack.add_argument("id", help="the alarm id (see relaxctl status)")

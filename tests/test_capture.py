@@ -335,7 +335,7 @@ def test_grabber_reports_a_blocked_source_as_stalled_and_stop_does_not_hang() ->
     try:
         assert recorder.wait_for("stalled")
         assert grabber.status is CaptureStatus.STALLED
-        assert grabber.stalled and grabber.frame_age() > FAST["stall_timeout_s"]
+        assert grabber.stalled and grabber.stats().frame_age_s > FAST["stall_timeout_s"]
         assert wait_for(lambda: grabber.hung)  # stuck inside read(): only a restart helps
         started = time.monotonic()
         assert grabber.stop(timeout=0.2) is False  # still blocked in read()

@@ -494,7 +494,7 @@ def test_a_fault_zeroes_at_once_and_clearing_it_goes_idle():
     (fault,) = chair.command("fault", "vibration controller link lost")
     assert (fault.kind, fault.state_to, fault.priority) == (EventKind.FAULT, State.FAULT, Priority.MEDIUM)
     assert chair.tick().targets.is_off()
-    with pytest.raises(CommandRejected, match="clear the fault first"):
+    with pytest.raises(CommandRejected, match="reset the fault first"):
         chair.start()
     chair.command("clear_fault")
     assert chair.state == State.IDLE and chair.tick().targets.is_off()

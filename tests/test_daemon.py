@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 from chairkit import outputs_of, wait_for
+from fakemcu import FakeMcu
 from gpiozero.pins.mock import MockFactory
 from mockpins import ChairPin
 
+from relaxd.actuators.serial_link import encode
+from relaxd.commands import ChairCommands
 from relaxd.control import STIMULATING, State
 from relaxd.daemon import Chair, resolve_demo_source
+from relaxd.ipc import CommandError
 from relaxd.demo import ensure_demo_clip
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, SafetySettings,
                              Settings, StoreSettings)
@@ -131,6 +135,36 @@ def test_systemd_is_asked_to_restart_for_a_hung_camera_not_for_an_unplugged_one(
     finally:
         chair.grabber = real
         chair.close()
+
+
+def test_a_lost_microcontroller_link_faults_the_session_and_reset_asks_for_a_restart(tmp_path, tiny_model, demo_clip):
+    mcu = FakeMcu()
+    settings = chair_settings(
+        tmp_path, tiny_model, demo_clip,
+        actuators=ActuatorSettings(light_backend="serial", vibration_backend="serial", serial_port=mcu.port,
+                                   serial_ack_timeout_s=0.25, serial_retries=3, serial_heartbeat_s=0.1,
+                                   serial_link_timeout_s=3.0, serial_deadman_ms=1000,
+                                   light_ramp_up_per_s=10.0, vibration_ramp_up_per_s=10.0))
+    chair = Chair(settings)
+    thread = run_in_thread(chair, profile="kid-link", scenario="calm-sea")
+    try:
+        assert wait_for(lambda: any(mcu.light)), "the light never came on over the link"
+        mcu.send_raw(encode(0, "DEADMAN"))  # the firmware reports that its dead-man timer fired
+        assert wait_for(lambda: chair.controller.state == State.FAULT), "the controller did not fault"
+        assert chair.bank.latched and any(alert.kind == "link_lost" for alert in chair.alerts.active())
+        assert "outputs" in chair.health.failing(), "systemd must be told to restart the daemon (and reopen the link)"
+        with pytest.raises(CommandError, match="restart the daemon"):
+            ChairCommands(chair, timeout_s=2.0).handle("reset", {"by": "test"})
+        assert chair.controller.state == State.FAULT and chair.bank.latched
+    finally:
+        chair.request_stop("test")
+        thread.join(10)
+        mcu.close()
+    store = SessionStore(tmp_path / "relaxd.db")
+    (session,) = store.list_sessions()
+    assert session.end_reason == "fault"
+    assert any("microcontroller link lost" in (e["reason"] or "") for e in store.events(session.id))
+    store.close()
 
 
 def test_watchdog_expiry_switches_outputs_off(tmp_path, tiny_model, demo_clip):

@@ -99,6 +99,8 @@ def to_idle(path: Path) -> None:
     if status["health"]["latch"]["latched"] or status["state"] == "estopped":
         wait_for(lambda: call(path, "status")["state"] == "estopped")
         call(path, "reset", by="test")
+    if call(path, "status")["state"] == "fault":
+        call(path, "reset", by="test")
     if call(path, "status")["state"] != "idle":
         call(path, "stop")
     assert call(path, "status")["state"] == "idle"
@@ -197,12 +199,38 @@ def test_estop_cuts_the_outputs_before_replying_then_reset_and_ack(chair_at_idle
     assert outputs_of(chair)["light"] == 0.0, "a reset never restarts stimulation by itself"
     assert refused(path, "reset").code == REJECTED  # nothing latched any more
 
+    (record,) = [row for row in call(path, "list_sessions") if row["profile"] == "kid-estop"]
+    assert record["end_reason"] == "estop", "the e-stop ended the session: its record says so"
+
     (alarm,) = [a for a in call(path, "status")["alarms"] if a["kind"] == "estop"]
     acked = call(path, "ack", id=alarm["id"], by="nurse")
     assert acked["acknowledged_by"] == "nurse" and acked["acknowledged_at"]
     assert alarm["id"] not in [a["id"] for a in call(path, "status")["alarms"]]
     assert refused(path, "ack", id="no-such-alarm").code == NOT_FOUND
     assert refused(path, "ack").code == BAD_ARGS
+
+
+def test_a_fault_ends_the_session_and_only_a_deliberate_reset_returns_to_idle(chair_at_idle):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-fault", scenario="calm-sea")
+    assert wait_for(lambda: outputs_of(chair)["light"] > 0.0), "the light never came on"
+    chair.call_in_control_loop(lambda now: (None, chair.controller.fault(now, "vision stalled (test)")), 2.0)
+    assert wait_for(lambda: outputs_of(chair)["light"] == 0.0), "a fault must switch the outputs off"
+    status = call(path, "status")
+    assert status["state"] == "fault" and not status["health"]["latch"]["latched"]
+    (record,) = [row for row in call(path, "list_sessions") if row["profile"] == "kid-fault"]
+    assert record["end_reason"] == "fault" and record["ended_at"]
+    assert "reset" in refused(path, "start", profile="kid-fault").message
+
+    assert call(path, "reset", by="test") == {"state": "idle", "latched": False}
+    time.sleep(0.2)
+    assert outputs_of(chair)["light"] == 0.0, "a reset never restarts stimulation by itself"
+    assert refused(path, "reset").code == REJECTED  # nothing to reset any more
+    call(path, "start", profile="kid-fault", scenario="calm-sea")
+    assert call(path, "status")["state"] == "starting"
+    call(path, "stop")
+    (latest, *_) = [row for row in call(path, "list_sessions") if row["profile"] == "kid-fault"]
+    assert latest["end_reason"] == "stopped"
 
 
 def test_set_caps_applies_and_is_saved_to_the_running_profile(chair_at_idle):

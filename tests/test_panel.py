@@ -143,6 +143,8 @@ def chair_at_idle(running):
     if call(path, "status")["health"]["latch"]["latched"]:
         assert wait_for(lambda: call(path, "status")["state"] == "estopped")
         call(path, "reset", by="test")
+    if call(path, "status")["state"] == "fault":
+        call(path, "reset", by="test")
     if call(path, "status")["state"] != "idle":
         call(path, "stop")
     for alarm in call(path, "status")["alarms"]:
@@ -441,10 +443,28 @@ def test_a_touch_on_stop_latches_the_chair_then_ack_and_reset_behind_the_pin(pan
     press(app, "Reset e-stop")
     assert wait_for(lambda: call(path, "status")["state"] == "idle"), "the reset did not reach the chair"
     assert not call(path, "status")["health"]["latch"]["latched"]
-    assert frames_until(app, lambda: any(label.startswith("E-stop reset") for label in app.labels))
+    assert frames_until(app, lambda: any(label.startswith("Reset: the chair is idle") for label in app.labels))
     press(app, "Home")
     press(app, "Settings")
     assert "Enter the PIN:" in app.labels, "leaving the settings locks them again"
+
+
+def test_a_fault_is_reset_behind_the_pin_with_its_own_label(panel, running):
+    app = panel
+    chair, path = running
+    call(path, "start", profile="kid-panel-fault", scenario="calm-sea")
+    chair.call_in_control_loop(lambda now: (None, chair.controller.fault(now, "vision stalled (test)")), 2.0)
+    assert frames_until(app, lambda: "FAULT" in app.labels), app.labels
+    press(app, "Start")
+    assert frames_until(app, lambda: any("reset it in Settings" in label for label in app.labels)), app.labels
+    press(app, "Settings")
+    for digit in PIN:
+        press(app, digit)
+    press(app, "OK")
+    assert frames_until(app, lambda: "Reset fault" in app.labels and "Reset e-stop" not in app.labels), app.labels
+    press(app, "Reset fault")
+    assert wait_for(lambda: call(path, "status")["state"] == "idle"), "the reset did not reach the chair"
+    assert frames_until(app, lambda: any(label.startswith("Reset: the chair is idle") for label in app.labels))
 
 
 def test_a_session_is_started_paused_resumed_and_ended_by_touch(panel, tmp_path):

@@ -194,11 +194,6 @@ class FrameGrabber:
         with self._cond:
             return self._status
 
-    def frame_age(self) -> float:
-        """Seconds since the newest frame (since start() while none has come; inf before start)."""
-        with self._cond:
-            return self._age_locked()
-
     @property
     def stalled(self) -> bool:
         """True when no frame came within ``stall_timeout_s`` (and the source has not simply ended or been stopped)."""

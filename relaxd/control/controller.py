@@ -331,13 +331,13 @@ class Controller:
             self._resume(now, "operator resumed")
         return self._take_events()
 
-    def stop(self, now: float) -> list[Event]:
+    def stop(self, now: float, reason: str = "operator stopped") -> list[Event]:
         """End the session with a fade-out; a no-op when idle."""
         self._advance(now)
         if self._state == State.IDLE:
             return []
         self._require((*STIMULATING, State.HALTED), "stop")
-        self._end_session(now, EventKind.STOPPED, "operator stopped")
+        self._end_session(now, EventKind.STOPPED, reason)
         return self._take_events()
 
     def estop(self, now: float, source: str) -> list[Event]:
@@ -646,7 +646,7 @@ class Controller:
             return
         hint = {
             State.ESTOPPED: "; reset the emergency stop first",
-            State.FAULT: "; clear the fault first",
+            State.FAULT: "; reset the fault first",
             State.IDLE: "; start a session first",
         }.get(self._state, "")
         raise CommandRejected(f"cannot {command} while {self._state}{hint}")

@@ -311,7 +311,7 @@ class StartScreen(Screen):
         if self.loading:
             painter.text("loading…", (CONTENT.left + 4, 420), 26, MUTED)
         elif state.state != "idle":
-            why = "reset the e-stop in Settings" if state.state == "estopped" else "end that session on Home"
+            why = "reset it in Settings" if state.state in ("estopped", "fault") else "end that session on Home"
             painter.wrapped(f"The chair is {state.state}: {why} first.", pygame.Rect(CONTENT.left + 4, 408, 296, 64),
                             24, WARN_AMBER)
         else:
@@ -570,7 +570,7 @@ class SettingsScreen(Screen):
 
     def on_outcome(self, outcome: Outcome, host: Host) -> None:
         if outcome.tag == "reset" and outcome.ok:
-            host.notice("E-stop reset: the chair is idle; start a session to stimulate again", GO_GREEN)
+            host.notice("Reset: the chair is idle; start a session to stimulate again", GO_GREEN)
 
     def draw(self, painter: Painter, host: Host) -> None:
         if self.unlocked:
@@ -611,9 +611,10 @@ class SettingsScreen(Screen):
             painter.text(f"{title}:", (left, y), 24, MUTED)
             painter.text(fit(painter.font(24), value, 490), (left + 124, y), 24,
                          BAD_RED if value.startswith(("LATCHED", "PROBLEM")) else TEXT)
-        resettable = state.latched or state.state == "estopped"
+        resettable = state.latched or state.state in ("estopped", "fault")
+        label = "Reset fault" if state.state == "fault" and not state.latched else "Reset e-stop"
         self.buttons = [
-            Button(pygame.Rect(left, 400, 300, 70), "Reset e-stop", lambda: host.send("reset", tag="reset", by="panel"),
+            Button(pygame.Rect(left, 400, 300, 70), label, lambda: host.send("reset", tag="reset", by="panel"),
                    WARN_AMBER, enabled=resettable, text_colour=(20, 20, 20)),
             Button(pygame.Rect(left + 316, 400, 180, 70), "Lock", self._lock),
         ]

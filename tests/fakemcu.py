@@ -1,0 +1,103 @@
+"""A fake microcontroller that speaks mcu/1 on the master side of a pty pair.
+
+``SerialLink`` opens the slave path with pyserial exactly as it opens /dev/ttyACM0 on the chair.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+from relaxd.actuators.serial_link import FrameError, decode, encode
+
+
+class FakeMcu:
+    """Speaks mcu/1 on the master fd of a pty, with switches to misbehave."""
+
+    def __init__(self, protocol: str = "mcu/1", firmware: str = "9.9.9", speaks: str = "relaxd/1") -> None:
+        self.master, self._slave = os.openpty()
+        self.port = os.ttyname(self._slave)
+        self.protocol, self.firmware, self.speaks = protocol, firmware, speaks
+        self.received = []  # valid frames from the host, in order
+        self.light, self.vibration = (0, 0, 0), 0
+        self.silent = False         # read but never answer
+        self.garbage_only = False   # answer every line with noise instead of a reply
+        self.corrupt_acks = 0       # this many ACKs go out with a wrong checksum
+        self.nak_once = {}          # WORD -> NAK reason for its next occurrence
+        self.ignore_once = set()    # WORDs whose next occurrence gets no answer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def words(self, word):
+        return [frame for frame in self.received if frame.word == word]
+
+    def send_raw(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def disconnect(self) -> None:
+        """Unplug the cable: stop reading, then close the master side."""
+        self._stop.set()
+        self._thread.join()
+        os.close(self.master)
+        self.master = -1
+
+    def close(self) -> None:
+        if self.master >= 0:
+            self.disconnect()
+        os.close(self._slave)
+
+    def _run(self) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            if not ready:
+                continue
+            try:
+                buffer += os.read(self.master, 4096)
+            except OSError:
+                return
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self._handle(line)
+
+    def _reply(self, seq: int, *words) -> None:
+        line = encode(seq, *words)
+        if words[0] == "ACK" and self.corrupt_acks > 0:
+            self.corrupt_acks -= 1
+            line = line[:-3] + (b"00" if not line.endswith(b"00\n") else b"01") + b"\n"
+        self.send_raw(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            frame = decode(line)
+        except FrameError:
+            self.send_raw(encode(0, "NAK", "CRC"))
+            return
+        self.received.append(frame)
+        if self.silent:
+            return
+        if self.garbage_only:
+            self.send_raw(b"\x00\xff~~ noise ~~\n")
+            return
+        if frame.word in self.ignore_once:
+            self.ignore_once.discard(frame.word)
+            return
+        if frame.word in self.nak_once:
+            self._reply(frame.seq, "NAK", self.nak_once.pop(frame.word))
+            return
+        if frame.word == "HELLO":
+            if frame.args[:1] != (self.speaks,):
+                self._reply(frame.seq, "NAK", "VERSION", self.protocol)
+                return
+            self.send_raw(encode(0, "BOOT", self.protocol, self.firmware))  # noise the host must skip
+            self._reply(frame.seq, "ACK", self.protocol, self.firmware)
+            return
+        if frame.word == "LIGHT":
+            self.light = tuple(int(a) for a in frame.args)
+        elif frame.word == "VIB":
+            self.vibration = int(frame.args[0])
+        elif frame.word == "OFF":
+            self.light, self.vibration = (0, 0, 0), 0
+        self._reply(frame.seq, "ACK")
