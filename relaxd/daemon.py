@@ -479,7 +479,7 @@ class Chair:
             self._fail_pending_commands()
             self.report.seconds = clock() - started
             self.report.final_state = self.controller.state.value
-            self._end_session("daemon stopped")
+            self._end_session("daemon_stopped")
             self.close(vision)
             restore_hooks()
             restore_signals()

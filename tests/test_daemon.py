@@ -213,7 +213,7 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path, tiny_model, demo_clip):
     assert "final state" in out
     store = SessionStore(store_path)
     (session,) = store.list_sessions()
-    assert session.end_reason == "daemon stopped"
+    assert session.end_reason == "daemon_stopped"
     store.close()
 
 
@@ -249,5 +249,5 @@ def test_a_camera_stuck_at_exit_does_not_keep_the_daemon_or_crash_it(tmp_path, t
     assert "relaxd-capture still blocked" in result.stderr and "final state" in result.stdout
     store = SessionStore(tmp_path / "r.db")
     (session,) = store.list_sessions()
-    assert session.end_reason == "daemon stopped"  # the record was closed before leaving
+    assert session.end_reason == "daemon_stopped"  # the record was closed before leaving
     store.close()
