@@ -181,8 +181,14 @@ class ChairCommands:
         chair = self.chair
 
         def reset(now: float) -> tuple[dict[str, Any], list]:
+            if chair.link_lost:  # the outputs must stay latched off: only a restart reopens the link
+                raise CommandRejected("the microcontroller link is lost and the outputs are latched off; fix the "
+                                      "link (cable, power, firmware), then restart the daemon: "
+                                      "sudo systemctl restart relaxd")
             if chair.controller.state == State.FAULT and not chair.latch.latched:
-                return reset_fault(now)
+                events = chair.controller.clear_fault(now)
+                log.info("fault reset", by=by)
+                return {"state": self._state(), "latched": False}, events
             if not chair.latch.latched and chair.controller.state != State.ESTOPPED:
                 raise CommandRejected("neither the emergency stop is latched nor a fault active: nothing to reset")
             chair.latch.reset(by)  # ResetRefusedError while the button is still pressed
@@ -192,14 +198,6 @@ class ChairCommands:
                 raise CommandRejected("the emergency stop tripped again during the reset; check the chair, "
                                       "then reset again")
             events = chair.controller.reset_estop(now)
-            return {"state": self._state(), "latched": False}, events
-
-        def reset_fault(now: float) -> tuple[dict[str, Any], list]:
-            if chair.bank.latched:  # latched off by a lost microcontroller link, which only a restart reopens
-                raise CommandRejected(f"the outputs are latched off ({chair.bank.latch_reason}); fix the link "
-                                      "(cable, power, firmware), then restart the daemon: sudo systemctl restart relaxd")
-            events = chair.controller.clear_fault(now)
-            log.info("fault reset", by=by)
             return {"state": self._state(), "latched": False}, events
 
         return self._in_loop(reset)

@@ -190,7 +190,7 @@ class Chair:
             # Hung, not merely stalled: an unplugged camera is reconnected in-process with
             # back-off; only a driver call that never returns needs systemd's restart.
             "camera": lambda: not self.grabber.hung,
-            "outputs": lambda: self._link_faults == 0,
+            "outputs": lambda: not self.link_lost,
         })
 
     # ------------------------------------------------------------------ safety callbacks (any thread)
@@ -330,6 +330,11 @@ class Chair:
     # ------------------------------------------------------------------ operator commands and status
 
     @property
+    def link_lost(self) -> bool:
+        """The microcontroller link was lost; only a restart of the daemon opens it again."""
+        return self._link_faults > 0
+
+    @property
     def session_id(self) -> Optional[int]:
         """The open session's id, or None (owned by the control loop: read it there)."""
         return self._session_id
@@ -423,7 +428,7 @@ class Chair:
                            "frames": self.report.frames, "reading_age_s": reading_age},
                 "controller": {"ok": self.watchdog.healthy and view.state != State.FAULT.value,
                                "loop_on_time": self.watchdog.healthy, "state": view.state},
-                "outputs": {"ok": self._link_faults == 0 and not (self.bank.latched and not latch.latched),
+                "outputs": {"ok": not self.link_lost and not (self.bank.latched and not latch.latched),
                             "link_faults": self._link_faults, "latched_off": self.bank.latched,
                             "reason": self.bank.latch_reason},
                 "latch": {"ok": not latch.latched, "latched": latch.latched, "tripped_by": latch.tripped_by,

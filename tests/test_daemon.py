@@ -153,9 +153,15 @@ def test_a_lost_microcontroller_link_faults_the_session_and_reset_asks_for_a_res
         assert wait_for(lambda: chair.controller.state == State.FAULT), "the controller did not fault"
         assert chair.bank.latched and any(alert.kind == "link_lost" for alert in chair.alerts.active())
         assert "outputs" in chair.health.failing(), "systemd must be told to restart the daemon (and reopen the link)"
+        commands = ChairCommands(chair, timeout_s=2.0)
         with pytest.raises(CommandError, match="restart the daemon"):
-            ChairCommands(chair, timeout_s=2.0).handle("reset", {"by": "test"})
+            commands.handle("reset", {"by": "test"})
         assert chair.controller.state == State.FAULT and chair.bank.latched
+        commands.handle("estop", {"by": "test"})
+        assert wait_for(lambda: chair.controller.state == State.ESTOPPED)
+        with pytest.raises(CommandError, match="restart the daemon"):  # an e-stop reset must not unlatch it either
+            commands.handle("reset", {"by": "test"})
+        assert chair.bank.latched and chair.latch.latched
     finally:
         chair.request_stop("test")
         thread.join(10)
