@@ -6,6 +6,9 @@ readings on a slow laptop and on a fast workstation. Optional outputs: an annota
 copy of the clip (face box and label, the relaxation-chair paper's auxiliary
 application) and one CSV row per frame. Replay reads a file the user already has; the
 live daemon never writes frames anywhere.
+
+The summary ends with one verdict for the whole clip: the configured affect rule (by default
+Yang, Lee & Park's threshold rule, which was designed for clips) over every face frame.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from relaxd.affect import AffectAggregator, AffectReading
 from relaxd.capture import FrameSource, open_source
 from relaxd.errors import CaptureError
 from relaxd.settings import Settings
 from relaxd.vision.pipeline import FrameResult, VisionPipeline
+
+CLIP_WINDOW_FRAMES = 10 ** 7  # longer than any clip: about four days at 30 frames/s
 
 GROUP_COLOURS = {"negative": (60, 60, 230), "neutral": (200, 200, 200), "positive": (80, 200, 80), "none": (128, 128, 128)}
 
@@ -39,6 +45,7 @@ class ReplaySummary:
     groups: Counter = field(default_factory=Counter)
     stage_ms: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    clip: AffectReading | None = None  # the affect rule over every frame of the clip
 
     @property
     def fps(self) -> float:
@@ -56,6 +63,7 @@ class ReplaySummary:
             "stage_ms": self.stage_ms,
             "labels": dict(self.labels),
             "groups": dict(self.groups),
+            "clip": self.clip.to_dict() if self.clip is not None else None,
             "timeline": self.timeline,
         }
 
@@ -66,8 +74,16 @@ class ReplaySummary:
             "stage ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in self.stage_ms.items()),
             "per-frame labels: " + ", ".join(f"{k} {v}" for k, v in self.labels.most_common()),
             "affect readings: " + ", ".join(f"{k} {v}" for k, v in self.groups.most_common()),
+            "whole clip: " + describe_verdict(self.clip),
         ]
         return "\n".join(lines)
+
+
+def describe_verdict(reading: AffectReading | None) -> str:
+    if reading is None or not reading.face_present:
+        return "no face"
+    return (f"{reading.group} ({reading.label}, {100.0 * reading.confidence:.0f}% of "
+            f"{reading.face_frames} face frames)")
 
 
 def read_frames(source: FrameSource, pipeline: VisionPipeline) -> Iterator[tuple[int, np.ndarray]]:
@@ -118,6 +134,9 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
     source.open()  # a bad video fails here, before any output file is created
     fps = source.fps or settings.camera.fps  # the clip's own rate; the source falls back when it has none
     summary = ReplaySummary(video=str(video), model=str(pipeline.classifier.model_path))
+    # The same rule as the live window, over the whole clip: any face frame counts.
+    whole_clip = AffectAggregator(replace(settings.affect, window_frames=CLIP_WINDOW_FRAMES, min_face_share=0.0),
+                                  pipeline.classifier.metadata)
     writer = None
     csv_handle = None
     csv_writer = None
@@ -135,6 +154,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
                 summary.frames_with_face += 1
                 summary.labels[labels[int(np.argmax(result.probabilities))]] += 1
             summary.groups[result.reading.group] += 1
+            summary.clip = whole_clip.update(result.time, result.probabilities)
             summary.timeline.append({"frame": index, "face_in_frame": result.box is not None,
                                      **result.reading.to_dict()})
             if csv_writer is not None:

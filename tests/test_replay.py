@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import cv2
 import pytest
+from chairkit import faceless_clip
 
 from relaxd import cli
 from relaxd.demo import ensure_demo_clip, expected_faces
@@ -71,6 +73,28 @@ def test_human_summary(clip, tiny_model, capsys):
     assert cli.main(["replay", str(clip), "--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out
     assert "frames/s" in out and "stage ms/frame" in out
+    assert re.search(r"^whole clip: (negative|neutral|positive) \(\w+, \d+% of \d+ face frames\)$", out, re.M), out
+
+
+def test_the_whole_clip_gets_one_verdict_by_the_threshold_rule(clip, tiny_model, capsys):
+    summary = replay_json(capsys, str(clip), "--model", str(tiny_model))
+    verdict, counts, faces = summary["clip"], summary["labels"], summary["frames_with_face"]
+    assert verdict["face_present"] and verdict["face_frames"] == faces and verdict["frames"] == summary["frames"]
+    # By hand: the most frequent non-neutral label wins with at least 15% of the face frames
+    # (affect.threshold's default), else neutral does.
+    non_neutral = {label: n for label, n in counts.items() if label != "neutral"}
+    best = max(non_neutral.values(), default=0)
+    if best >= 0.15 * faces or "neutral" not in counts:
+        assert counts[verdict["label"]] == best
+    else:
+        assert verdict["label"] == "neutral"
+    assert verdict["confidence"] == pytest.approx(counts[verdict["label"]] / faces)
+
+
+def test_a_clip_without_a_face_has_no_verdict(tmp_path, tiny_model, capsys):
+    summary = replay_json(capsys, str(faceless_clip(tmp_path / "empty-room.avi")), "--model", str(tiny_model))
+    assert summary["frames_with_face"] == 0
+    assert summary["clip"]["face_present"] is False and summary["clip"]["label"] is None
 
 
 @pytest.mark.parametrize("make_bad", ["missing", "text", "empty"])
