@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from relaxd.errors import RelaxdError
-from relaxd.store import CSV_COLUMNS, GROUPS, RecordNotFoundError, SessionStore, StoreError
+from relaxd.store import CSV_COLUMNS, GROUPS, RecordNotFoundError, SessionStore, StoreError, describe_end_reason
 
 LATEST = "latest"
 FIGURE_SIZE_IN = (12.0, 8.0)
@@ -191,7 +191,7 @@ def report_title(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
         seconds = (datetime.fromisoformat(session["ended_at"])
                    - datetime.fromisoformat(session["started_at"])).total_seconds()
         when = f"{_local(session['started_at'])} to {_local(session['ended_at'])} ({_duration(seconds)})"
-        reason = session["end_reason"] or "not given"
+        reason = describe_end_reason(session["end_reason"])
     else:
         when = f"from {_local(session['started_at'])} ({_duration(len(rows))} recorded)"
         reason = "session not closed"

@@ -50,6 +50,21 @@ PRIORITIES = ("high", "medium", "low")
 EXPORT_FORMATS = ("csv", "json")
 EXPORT_VERSION = 1
 
+END_REASONS = {
+    "stopped": "stopped",
+    "scenario_finished": "scenario finished",
+    "estop": "emergency stop",
+    "fault": "fault",
+    "daemon_stopped": "daemon stopped",
+    "daemon_restarted": "daemon restarted after a crash",
+}
+"""A session's ``end_reason`` in words for therapists (the daemon writes the keys)."""
+
+
+def describe_end_reason(reason: Optional[str]) -> str:
+    """Words for an ``end_reason``; an unknown one is shown as it is, a missing one as "not given"."""
+    return END_REASONS.get(reason or "", reason or "not given")
+
 
 class StoreError(RelaxdError):
     """The session store cannot be opened, read or written."""

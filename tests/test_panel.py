@@ -32,7 +32,8 @@ from relaxd.ipc import ControlServer
 from relaxd.panel import PanelConfigError, PanelProtocolError
 from relaxd.panel.app import PanelApp, check_pin, main, parse_size
 from relaxd.panel.client import ChairLink, PanelState, Sample, Timeline
-from relaxd.panel.screens import STOP_RECT, DisconnectedScreen, HomeScreen, SessionsScreen, SettingsScreen
+from relaxd.panel.screens import (STOP_RECT, DisconnectedScreen, HomeScreen, SessionsScreen, SettingsScreen,
+                                  session_label)
 from relaxd.panel.widgets import ALARM_HIGH, GROUP_COLOURS, STOP_RED, Button, Painter, PanelLayoutError
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, PanelSettings,
                              Settings, StoreSettings)
@@ -271,6 +272,16 @@ def test_home_screen_draws_affect_timeline_levels_and_health(tmp_path):
         assert [b.label for b in home.buttons if b.enabled] == ["Pause", "End session"]
     finally:
         pygame.display.quit()
+
+
+def test_session_buttons_say_how_a_session_ended_in_words():
+    base = {"id": 7, "profile": "kid-a", "scenario": "calm-sea", "started_at": "2024-03-05T10:00:00.000+00:00"}
+    ended = dict(base, ended_at="2024-03-05T10:05:00.000+00:00")
+    assert session_label(dict(ended, end_reason="estop")).endswith("emergency stop")
+    assert session_label(dict(ended, end_reason="scenario_finished")).endswith("scenario finished")
+    assert session_label(dict(ended, end_reason="something new")).endswith("something new")
+    assert session_label(dict(base, ended_at=None, end_reason=None)).endswith("not ended")
+    assert session_label(base).startswith("#7  kid-a  ·  calm-sea\n")
 
 
 def test_ending_a_session_takes_two_touches_within_seconds():

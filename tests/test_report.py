@@ -15,7 +15,9 @@ from relaxd.report import (
     ReportError,
     UnknownSessionError,
     open_store_for_report,
+    per_second_rows,
     render_session_report,
+    report_title,
     resolve_session,
 )
 from relaxd.store import CSV_COLUMNS, AffectSecond, SessionStore, StoreError
@@ -126,6 +128,15 @@ def test_events_and_alerts_sit_at_their_seconds(recorded):
     assert rows[ALERT_SECOND]["alerts"] == "high:adverse_reaction"
     marked = {int(r["second"]) for r in rows if r["events"] or r["alerts"]}
     assert marked == {*EVENTS, ALERT_SECOND}
+
+
+def test_the_title_says_who_what_when_and_why_it_ended_in_words(recorded):
+    db, session, _, _ = recorded
+    with SessionStore(db) as store:
+        data = store.session_data(session)
+    title = report_title(data, per_second_rows(data))
+    assert title.startswith(f"Session {session} · Robin 7 · scenario calm-sea\n")
+    assert title.endswith("(2 min 00 s) · end: emergency stop"), title
 
 
 def test_second_without_any_record_is_an_empty_row(tmp_path):

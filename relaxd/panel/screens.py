@@ -43,6 +43,7 @@ from relaxd.panel.widgets import (ALARM_HIGH, ALARM_MEDIUM, BAD_RED, BUTTON, CHA
                                   GROUP_COLOURS, MUTED, SELECTED, STATE_COLOURS, STOP_RED, SURFACE, TEXT, WARN_AMBER,
                                   Banner, Bar, Button, Colour, Keypad, Painter, draw_dot, fit)
 from relaxd.settings import PanelSettings
+from relaxd.store import describe_end_reason
 
 SIZE = (800, 480)
 STOP_RECT = pygame.Rect(636, 4, 160, 150)
@@ -509,7 +510,7 @@ class SessionsScreen(Screen):
 
 def session_label(session: dict) -> str:
     """Two lines for a session's button: who and what, then when and how it ended."""
-    ended = session.get("end_reason") or ("not ended" if session.get("ended_at") is None else "ended")
+    ended = "not ended" if session.get("ended_at") is None else describe_end_reason(session.get("end_reason"))
     return (f"#{session['id']}  {session.get('profile') or '-'}  ·  {session.get('scenario') or '-'}\n"
             f"{local_time(session.get('started_at'))}  ·  {ended}")
 
