@@ -123,6 +123,11 @@ class AffectAggregator:
 
     def update(self, time: float, probabilities: Optional[np.ndarray]) -> AffectReading:
         """Add one frame (``probabilities`` None = no face in it) and read the window."""
+        self.add(probabilities)
+        return self.read(float(time))
+
+    def add(self, probabilities: Optional[np.ndarray]) -> None:
+        """Add one frame without reading the window (a whole clip is read once, at its end)."""
         frame = None if probabilities is None else self._validated(probabilities)
         if len(self._window) == self._window.maxlen:
             self._forget(self._window[0])  # append() below drops it from the deque
@@ -132,7 +137,6 @@ class AffectAggregator:
             self._votes[int(np.argmax(frame))] += 1
         if self._settings.method == "ema":
             self._update_ema(frame)
-        return self._reading(float(time))
 
     def _validated(self, probabilities: np.ndarray) -> np.ndarray:
         """A 1-D, finite, non-negative vector per label, scaled to sum to 1.
@@ -169,7 +173,8 @@ class AffectAggregator:
         elif self._face_frames == 0:
             self._ema = None  # no face left in the window: start afresh at the next face
 
-    def _reading(self, time: float) -> AffectReading:
+    def read(self, time: float) -> AffectReading:
+        """The reading of the frames now in the window; ``time`` is the newest frame's."""
         frames, face_frames = len(self._window), self._face_frames
         if face_frames == 0 or not _reaches(face_frames, self._settings.min_face_share, frames):
             return AffectReading(time, False, NO_FACE, None, 0.0, MappingProxyType({}), frames, face_frames)

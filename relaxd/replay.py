@@ -154,7 +154,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
                 summary.frames_with_face += 1
                 summary.labels[labels[int(np.argmax(result.probabilities))]] += 1
             summary.groups[result.reading.group] += 1
-            summary.clip = whole_clip.update(result.time, result.probabilities)
+            whole_clip.add(result.probabilities)
             summary.timeline.append({"frame": index, "face_in_frame": result.box is not None,
                                      **result.reading.to_dict()})
             if csv_writer is not None:
@@ -176,4 +176,5 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
     if summary.frames == 0:
         raise CaptureError(f"video {video} has no readable frames: is it a valid, non-empty video file?")
     summary.stage_ms = pipeline.timer.mean_ms()
+    summary.clip = whole_clip.read(summary.timeline[-1]["time"])  # the newest frame's time
     return summary
