@@ -53,9 +53,8 @@ ESTOP = "estop"
 CHILD_LEFT = "child_left"
 CAMERA_LOST = "camera_lost"
 LINK_LOST = "link_lost"
-MODEL_ERROR = "model_error"
-WATCHDOG = "watchdog"
-KINDS = (ADVERSE_REACTION, ESTOP, CHILD_LEFT, CAMERA_LOST, LINK_LOST, MODEL_ERROR, WATCHDOG)
+FAULT = "fault"
+KINDS = (ADVERSE_REACTION, ESTOP, CHILD_LEFT, CAMERA_LOST, LINK_LOST, FAULT)
 
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}  # high=0 is the most urgent
 

@@ -181,10 +181,9 @@ class ChairCommands:
         chair = self.chair
 
         def reset(now: float) -> tuple[dict[str, Any], list]:
-            if chair.link_lost:  # the outputs must stay latched off: only a restart reopens the link
-                raise CommandRejected("the microcontroller link is lost and the outputs are latched off; fix the "
-                                      "link (cable, power, firmware), then restart the daemon: "
-                                      "sudo systemctl restart relaxd")
+            why = chair.restart_needed  # e.g. a lost link: the outputs stay latched off until a restart
+            if why is not None:
+                raise CommandRejected(f"{why}; then restart the daemon: sudo systemctl restart relaxd")
             if chair.controller.state == State.FAULT and not chair.latch.latched:
                 events = chair.controller.clear_fault(now)
                 log.info("fault reset", by=by)

@@ -4,7 +4,8 @@ Threads, each with one job (Frigate-style):
 
 - capture (``FrameGrabber``): keeps only the newest camera frame;
 - vision: newest frame -> face -> emotion -> ``AffectReading`` into a small bounded queue
-  (drops the oldest, never blocks);
+  (drops the oldest, never blocks); an exception ends it, faults the controller and fails
+  the systemd health check, so systemd restarts the daemon;
 - control loop (the calling thread): readings -> ``Controller`` -> ``ActuatorBank``;
   kicks the watchdog, records events, alerts and per-second summaries;
 - watchdog and systemd health gate: their own threads;
@@ -35,6 +36,7 @@ import structlog
 
 from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.affect import AffectReading
+from relaxd import alerts as alert_kinds
 from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
@@ -149,6 +151,8 @@ class Chair:
         self._camera_problems: collections.deque[str] = collections.deque(maxlen=8)
         self._link_problems: collections.deque[str] = collections.deque(maxlen=8)
         self._link_faults = 0
+        self._vision_problems: collections.deque[str] = collections.deque(maxlen=1)
+        self._vision_failure: Optional[str] = None  # why the vision thread ended, if it did
         self._sound_key: Optional[tuple] = None
         self._phase: Optional[str] = None
         self._session_id: Optional[int] = None
@@ -191,6 +195,7 @@ class Chair:
             # back-off; only a driver call that never returns needs systemd's restart.
             "camera": lambda: not self.grabber.hung,
             "outputs": lambda: not self.link_lost,
+            "vision": lambda: self._vision_failure is None,
         })
 
     # ------------------------------------------------------------------ safety callbacks (any thread)
@@ -205,11 +210,11 @@ class Chair:
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1
         self._link_problems.append(reason)
-        self._alert("link_lost", "high", f"microcontroller link lost: {reason}")
+        self._alert(alert_kinds.LINK_LOST, "high", f"microcontroller link lost: {reason}")
 
     def _on_latch(self, event: LatchEvent) -> None:
         if event.kind == "tripped":
-            self._alert("estop", "high", f"emergency stop by {event.who}", detail=event.detail)
+            self._alert(alert_kinds.ESTOP, "high", f"emergency stop by {event.who}", detail=event.detail)
 
     def _camera_event(self, kind: str, detail: dict[str, Any]) -> None:
         if kind in ("stalled", "lost", "failed", "ended"):
@@ -228,7 +233,13 @@ class Chair:
             if frame is None:
                 continue
             last_index = frame.index
-            result = self.pipeline.process(frame.image, frame.timestamp, frame.index)
+            try:
+                result = self.pipeline.process(frame.image, frame.timestamp, frame.index)
+            except Exception as error:  # a broken runtime or a frame OpenCV rejects: it would only repeat
+                log.exception("vision.failed", frame=frame.index)
+                self._vision_failure = f"{type(error).__name__}: {error}"
+                self._vision_problems.append(self._vision_failure)
+                return
             self._readings.append(result.reading)
             self.report.frames += 1
 
@@ -285,11 +296,13 @@ class Chair:
         self._serve_commands(now)  # after the latch check, so a command sees the e-stop state
         while self._camera_problems:
             problem = self._camera_problems.popleft()
-            self._alert("camera_lost", "medium", f"camera {problem}: stimulation faded to idle")
+            self._alert(alert_kinds.CAMERA_LOST, "medium", f"camera {problem}: stimulation faded to idle")
             if self.controller.state in (State.STARTING, State.RUNNING, State.PAUSED):
                 self._record(self.controller.stop(now, f"camera {problem}"))
         while self._link_problems:  # the bank is already latched off; the controller says why
             self._record(self.controller.fault(now, f"microcontroller link lost: {self._link_problems.popleft()}"))
+        while self._vision_problems:  # no more readings will come: stop now, not at the reading timeout
+            self._record(self.controller.fault(now, f"vision failed: {self._vision_problems.popleft()}"))
         while self._readings:
             reading = self._readings.popleft()
             self.report.readings += 1
@@ -333,6 +346,16 @@ class Chair:
     def link_lost(self) -> bool:
         """The microcontroller link was lost; only a restart of the daemon opens it again."""
         return self._link_faults > 0
+
+    @property
+    def restart_needed(self) -> Optional[str]:
+        """What only a restart of the daemon can mend (and what to do first), or None."""
+        if self.link_lost:
+            return ("the microcontroller link is lost and the outputs are latched off; "
+                    "fix the link (cable, power, firmware)")
+        if self._vision_failure is not None:
+            return f"the vision loop failed ({self._vision_failure}); its traceback is in the journal (journalctl -u relaxd)"
+        return None
 
     @property
     def session_id(self) -> Optional[int]:
@@ -424,8 +447,10 @@ class Chair:
                 "camera": {"ok": camera.status.value == "streaming" and not self.grabber.stalled,
                            "status": camera.status.value, "frame_age_s": finite(camera.frame_age_s),
                            "reconnects": camera.reconnects},
-                "vision": {"ok": reading_age is not None and reading_age < self.settings.control.reading_timeout_s,
-                           "frames": self.report.frames, "reading_age_s": reading_age},
+                "vision": {"ok": (self._vision_failure is None and reading_age is not None
+                                  and reading_age < self.settings.control.reading_timeout_s),
+                           "frames": self.report.frames, "reading_age_s": reading_age,
+                           "failure": self._vision_failure},
                 "controller": {"ok": self.watchdog.healthy and view.state != State.FAULT.value,
                                "loop_on_time": self.watchdog.healthy, "state": view.state},
                 "outputs": {"ok": not self.link_lost and not (self.bank.latched and not latch.latched),

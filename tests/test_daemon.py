@@ -173,6 +173,41 @@ def test_a_lost_microcontroller_link_faults_the_session_and_reset_asks_for_a_res
     store.close()
 
 
+def test_a_failing_vision_loop_faults_the_session_and_asks_systemd_for_a_restart(tmp_path, tiny_model, demo_clip):
+    """An exception in detection or inference (a broken runtime, a frame OpenCV rejects) ends the
+    vision thread: the chair must say so at once, not run blind until the reading timeout and then
+    sit in a fault that no reset can clear."""
+    settings = chair_settings(tmp_path, tiny_model, demo_clip, actuators=ActuatorSettings(light_ramp_up_per_s=10))
+    chair = Chair(settings)
+    thread = run_in_thread(chair, profile="kid-vision", scenario="calm-sea")
+    try:
+        assert wait_for(lambda: chair.bank.light.value > 0.0), "the session never stimulated"
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("tensor arena too small")
+
+        chair.pipeline.process = broken
+        assert wait_for(lambda: chair.controller.state == State.FAULT, timeout=2.0), \
+            "the controller did not fault before the reading timeout"
+        assert wait_for(lambda: all(value == 0.0 for value in outputs_of(chair).values()))
+        (alert,) = [a for a in chair.alerts.active() if a.kind == "fault"]
+        assert alert.message == "vision failed: RuntimeError: tensor arena too small"
+        assert chair.health.failing() == ["vision"], "systemd must be told to restart the daemon"
+        assert chair.status()["health"]["vision"]["ok"] is False
+        with pytest.raises(CommandError, match="restart the daemon"):
+            ChairCommands(chair, timeout_s=2.0).handle("reset", {"by": "test"})
+        assert chair.controller.state == State.FAULT
+    finally:
+        chair.request_stop("test")
+        thread.join(10)
+    store = SessionStore(tmp_path / "relaxd.db")
+    (session,) = store.list_sessions()
+    assert session.end_reason == "fault"
+    assert any("vision failed: RuntimeError: tensor arena too small" in (e["reason"] or "")
+               for e in store.events(session.id))
+    store.close()
+
+
 def test_watchdog_expiry_switches_outputs_off(tmp_path, tiny_model, demo_clip):
     settings = chair_settings(tmp_path, tiny_model, demo_clip, safety=SafetySettings(watchdog_deadline_s=0.2),
                               actuators=ActuatorSettings(light_ramp_up_per_s=10))
