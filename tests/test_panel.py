@@ -183,6 +183,10 @@ def test_panel_state_reads_a_real_status_and_refuses_garbage(chair_at_idle):
     assert state.group == "positive" and state.affect.confidence == 0.8
     assert state.top_alarm.id == "b", "a high alarm goes on the banner before an older medium one"
 
+    status["health"]["vision"] = {**status["health"]["vision"], "ok": False, "failure": "RuntimeError: boom"}
+    (vision,) = [part for part in PanelState.from_status(status).health if part.key == "vision"]
+    assert not vision.ok and vision.detail == "failed: restart"
+
     with pytest.raises(PanelProtocolError, match="health"):
         PanelState.from_status({"state": "idle"})
     with pytest.raises(PanelProtocolError, match="not an object"):

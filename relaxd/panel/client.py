@@ -166,6 +166,8 @@ def _health_detail(key: str, part: Mapping[str, Any]) -> str:
     if key == "outputs":
         return part.get("reason") or f"{part.get('link_faults', 0)} link faults"
     if key == "vision":
+        if part.get("failure"):
+            return "failed: restart"
         age = part.get("reading_age_s")
         return "no reading" if age is None else f"reading {age:.1f} s old"
     if key == "controller":
