@@ -6,6 +6,7 @@ loops and drops can be read back from the decoded pixels.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -253,6 +254,71 @@ def test_picamera_without_picamera2_says_how_to_install_it() -> None:
         pytest.skip("picamera2 is installed here")
     with pytest.raises(CaptureError, match=r"python3-picamera2.*--system-site-packages"):
         PiCameraSource().open()
+
+
+class StandInPicamera2:
+    """picamera2 needs libcamera and a camera: this records what PiCameraSource asks of it."""
+
+    cameras = 1
+    fail_start = False
+
+    def __init__(self) -> None:
+        if not self.cameras:
+            raise IndexError("list index out of range")  # what Picamera2() raises with no camera attached
+        self.calls: list[tuple] = []
+        StandInPicamera2.last = self
+
+    def create_video_configuration(self, **kwargs):
+        self.calls.append(("configuration", kwargs))
+        return {"configuration": kwargs}
+
+    def configure(self, config) -> None:
+        self.calls.append(("configure", config))
+
+    def start(self) -> None:
+        if self.fail_start:
+            raise RuntimeError("Failed to start camera: Device or resource busy")
+        self.calls.append(("start",))
+
+    def capture_array(self, stream: str) -> np.ndarray:
+        self.calls.append(("capture_array", stream))
+        return np.zeros((480, 640, 3), np.uint8)
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+@pytest.fixture
+def picamera2(monkeypatch):
+    module = type(sys)("picamera2")
+    camera_class = type("Picamera2", (StandInPicamera2,), {})
+    module.Picamera2 = camera_class
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    return camera_class
+
+
+def test_picamera_asks_for_bgr_frames_at_the_configured_size_and_rate(picamera2) -> None:
+    with PiCameraSource(640, 480, fps=20.0) as source:
+        assert source.read().shape == (480, 640, 3)
+        camera = picamera2.last
+        (_, config), *_ = camera.calls
+        assert config == {"main": {"size": (640, 480), "format": "RGB888"},  # BGR in memory, as OpenCV wants
+                          "controls": {"FrameDurationLimits": (50_000, 50_000)}}
+    assert [call[0] for call in camera.calls] == ["configuration", "configure", "start", "capture_array",
+                                                  "stop", "close"]
+
+
+def test_picamera_failures_name_the_fix_and_release_the_camera(picamera2) -> None:
+    picamera2.cameras = 0
+    with pytest.raises(CaptureError, match="no Pi camera found.*ribbon cable.*rpicam-hello --list-cameras"):
+        PiCameraSource().open()
+    picamera2.cameras, picamera2.fail_start = 1, True
+    with pytest.raises(CaptureError, match=r"could not be started at \(640, 480\).*resource busy"):
+        PiCameraSource().open()
+    assert picamera2.last.calls[-1] == ("close",), "a camera that did not start must be released"
 
 
 # -- grabber -----------------------------------------------------------------------------

@@ -270,7 +270,7 @@ class OpenCVSource(FrameSource):
 
 
 class PiCameraSource(FrameSource):
-    """The Raspberry Pi camera through picamera2 (libcamera). Hardware only: not tested here."""
+    """The Raspberry Pi camera through picamera2 (libcamera); tests use a stand-in module, the real one needs a Pi."""
 
     is_live = True
 
