@@ -74,6 +74,12 @@ class _Args:
                                          f"got {value!r}")
         return value
 
+    def flag(self, name: str) -> bool:
+        value = self._args.get(name, False)
+        if not isinstance(value, bool):
+            raise CommandError(BAD_ARGS, f"{self.cmd}: {name!r} must be true or false, got {value!r}")
+        return value
+
     def integer(self, name: str, low: int, high: int, default: int) -> int:
         value = self._args.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -95,6 +101,7 @@ class ChairCommands:
         self.chair = chair
         self.timeout_s = timeout_s
         self._reporting = threading.Lock()  # one render at a time: same temporary names, and a Pi's CPU
+        self._erasing: Optional[str] = None  # the profile being deleted: no session of it may start
 
     def handle(self, cmd: str, args: dict[str, Any]) -> Any:
         from relaxd.daemon import CommandTimeoutError  # here: the daemon imports this module
@@ -142,6 +149,8 @@ class ChairCommands:
             if chair.controller.state != State.IDLE:
                 raise CommandRejected(f"cannot start a session while {chair.controller.state}; "
                                       "stop it (or reset the emergency stop or fault) first")
+            if self._erasing is not None and self._erasing == profile:
+                raise CommandRejected(f"profile {profile!r} is being deleted right now")
             if scenario is not None and scenario not in chair.controller.scenario_names:
                 raise CommandRejected(f"no scenario named {scenario!r}; choose one of {chair.controller.scenario_names}")
             chair.start_session(profile, scenario, now)
@@ -230,6 +239,37 @@ class ChairCommands:
     def list_profiles(self, args: _Args) -> list[dict[str, Any]]:
         return [asdict(profile) for profile in self._store().list_profiles()]
 
+    def delete_profile(self, args: _Args) -> dict[str, Any]:
+        """Erase a child's profile (and, when asked, every session of it); never the one in session.
+
+        The control loop only checks and claims the profile (no session of it may start until
+        the deletion ends); the deletion itself runs here, a session per transaction, so the
+        control loop never waits for it.
+        """
+        pseudonym = args.text("profile", required=True, max_len=64)
+        with_sessions = args.flag("with_sessions")
+        by = args.text("by", default="socket", max_len=64)
+        chair, store = self.chair, self._store()
+
+        def claim(now: float) -> tuple[int, list]:
+            if self._erasing is not None:
+                raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
+            profile = store.find_profile(pseudonym)
+            if profile is None:
+                raise RecordNotFoundError(f"no profile named {pseudonym!r} (see list_profiles)")
+            if chair.session_id is not None and store.get_session(chair.session_id).profile_id == profile.id:
+                raise CommandRejected(f"{pseudonym!r} is in a session now: end it first (stop)")
+            self._erasing = profile.pseudonym
+            return profile.id, []
+
+        profile_id = self._in_loop(claim)
+        try:
+            sessions = store.delete_profile(profile_id, with_sessions=with_sessions)
+        finally:
+            self._erasing = None
+        log.warning("profile deleted", profile=pseudonym, sessions=sessions, by=by)
+        return {"profile": pseudonym, "sessions_deleted": sessions}
+
     def list_scenarios(self, args: _Args) -> list[dict[str, Any]]:
         default = self.chair.settings.control.default_scenario
         return [{"name": name, "default": name == default} for name in self.chair.controller.scenario_names]
@@ -312,6 +352,7 @@ COMMANDS: dict[str, _Command] = {
     "ack": _Command(ChairCommands.ack, ("id", "by")),
     "set_caps": _Command(ChairCommands.set_caps, ("light", "sound", "vibration")),
     "list_profiles": _Command(ChairCommands.list_profiles),
+    "delete_profile": _Command(ChairCommands.delete_profile, ("profile", "with_sessions", "by")),
     "list_scenarios": _Command(ChairCommands.list_scenarios),
     "list_sessions": _Command(ChairCommands.list_sessions, ("limit", "profile")),
     "report": _Command(ChairCommands.report, ("session",)),

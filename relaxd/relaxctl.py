@@ -103,6 +103,7 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
     "list_sessions": lambda rows: show_table(rows, ("id", "profile", "scenario", "started_at", "ended_at",
                                                     "end_reason"), "no sessions"),
+    "delete_profile": lambda r: f"deleted profile {r['profile']} and {r['sessions_deleted']} session(s)",
     "report": lambda r: f"report of session {r['session']}:\n  picture  {r['png']}\n  table    {r['csv']}",
 }
 
@@ -149,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("light", "sound", "vibration"):
         caps.add_argument(f"--{name}", type=float, metavar="X", help=f"{name} cap, 0..1")
     command("list-profiles", "child profiles", aliases=["list_profiles", "profiles"])
+    delete = command("delete-profile", "erase a child's profile (and with --with-sessions its sessions)",
+                     aliases=["delete_profile"])
+    delete.add_argument("profile", help="the child's pseudonym")
+    delete.add_argument("--with-sessions", action="store_true",
+                        help="also erase every recorded session of it (keep the reports you need first)")
+    delete.add_argument("--by", default=_who(), help="who (default: your user name)")
     command("list-scenarios", "scenarios the daemon loaded", aliases=["list_scenarios", "scenarios"])
     sessions = command("list-sessions", "recorded sessions, newest first", aliases=["list_sessions", "sessions"])
     sessions.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
@@ -161,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 ARGS: dict[str, tuple[str, ...]] = {
     "start": ("profile", "scenario"), "estop": ("by",), "reset": ("by",), "ack": ("id", "by"),
     "set_caps": ("light", "sound", "vibration"), "list_sessions": ("limit", "profile"),
+    "delete_profile": ("profile", "with_sessions", "by"),
     "report": ("session",),
 }
 

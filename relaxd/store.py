@@ -339,6 +339,7 @@ class SessionStore:
             # The first statement that reads the file: a non-SQLite file fails here.
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")  # deleted records are overwritten, not left in free pages
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError as exc:
             if conn is not None:
@@ -513,17 +514,45 @@ class SessionStore:
                 conn.execute(f"UPDATE profiles SET {assignments} WHERE id = ?", (*changes.values(), profile_id))
         return self.get_profile(profile_id)
 
-    def delete_profile(self, profile_id: int, *, with_sessions: bool = False) -> None:
-        """Delete a profile; its sessions too only when asked (erasure on a family's request)."""
-        self.get_profile(profile_id)
+    def delete_profile(self, profile_id: int, *, with_sessions: bool = False) -> int:
+        """Delete a profile; its sessions too only when asked (erasure on a family's request).
+
+        Everything of those sessions goes with them (affect and stimulus seconds, events,
+        alerts, undelivered webhook messages), one session per transaction, so a running
+        daemon never waits on the store for long. ``secure_delete`` overwrites the freed pages
+        and the WAL is checkpointed, so the records do not linger in the file. An interrupted
+        deletion leaves whole sessions behind, never half of one: run it again. Returns how
+        many sessions were deleted.
+        """
+        profile = self.get_profile(profile_id)
+        sessions = [row["id"] for row in self._all("SELECT id FROM sessions WHERE profile_id = ?", (profile_id,))]
+        if sessions and not with_sessions:
+            raise InvalidRecordError(
+                f"profile {profile.pseudonym!r} has {len(sessions)} recorded session(s): keep the reports you "
+                "need, then delete them with the profile (with_sessions=True)"
+            )
+        for session_id in sessions:
+            with self._tx() as conn:
+                conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         with self._tx() as conn:
-            count = conn.execute("SELECT count(*) FROM sessions WHERE profile_id = ?", (profile_id,)).fetchone()[0]
-            if count and not with_sessions:
-                raise InvalidRecordError(
-                    f"profile {profile_id} has {count} recorded session(s): export them first, then "
-                    "delete with with_sessions=True"
-                )
-            conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+            if not with_sessions and conn.execute("SELECT 1 FROM sessions WHERE profile_id = ?",
+                                                  (profile_id,)).fetchone():
+                raise InvalidRecordError(f"profile {profile.pseudonym!r} got a session meanwhile: nothing deleted")
+            conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))  # cascades to any newer session
+        self._checkpoint()
+        log.info("store.profile_deleted", profile_id=profile_id, sessions=len(sessions))
+        return len(sessions)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file and empty it; a reader holding an old snapshot defers part of it."""
+        with self._lock:
+            try:
+                busy = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+        if busy:
+            log.warning("store.checkpoint_deferred", path=str(self.path),
+                        why="another process is reading the store; SQLite finishes it later")
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -25,9 +25,9 @@ import cv2
 import pytest
 from chairkit import call, faceless_clip, outputs_of, short_dir, wait_for
 
+from relaxd.commands import ChairCommands
 from relaxd.control import State
 from relaxd.daemon import Chair
-from relaxd.commands import ChairCommands
 from relaxd.ipc import (BAD_ARGS, BAD_JSON, BAD_REQUEST, BUSY, LINE_TOO_LONG, NOT_FOUND, REJECTED, TIMEOUT,
                         UNKNOWN_COMMAND, UNSUPPORTED_VERSION, CommandError, ControlClient, ControlServer, IpcError,
                         SocketInUseError)
@@ -263,6 +263,29 @@ def test_lists_of_profiles_scenarios_and_sessions(chair_at_idle):
     assert refused(path, "list_sessions", limit=0).code == BAD_ARGS
     assert refused(path, "list_sessions", profile="nobody").code == NOT_FOUND
     assert refused(path, "list_profiles", extra=1).code == BAD_ARGS
+
+
+def test_a_profile_is_erased_on_request_but_never_mid_session(chair_at_idle, capsys):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-erase")
+    assert refused(path, "delete_profile", profile="kid-erase", with_sessions=True).code == REJECTED
+    call(path, "stop")
+    refusal = refused(path, "delete_profile", profile="kid-erase")
+    assert refusal.code == BAD_ARGS and "1 recorded session" in str(refusal), "sessions go only when asked"
+    assert refused(path, "delete_profile", profile="kid-erase", with_sessions="yes").code == BAD_ARGS
+    assert refused(path, "delete_profile", profile="nobody").code == NOT_FOUND
+    assert relaxctl(["--socket", str(path), "delete-profile", "kid-erase", "--with-sessions"]) == 0
+    assert printed(capsys)[0] == "deleted profile kid-erase and 1 session(s)\n"
+    assert "kid-erase" not in [p["pseudonym"] for p in call(path, "list_profiles")]
+    assert "kid-erase" not in [s["profile"] for s in call(path, "list_sessions", limit=1000)]
+
+    commands = ChairCommands(chair, timeout_s=2.0)  # a deletion in progress (claimed by the control loop)
+    commands._erasing = "kid-busy"
+    with pytest.raises(CommandError, match="being deleted right now"):
+        commands.handle("start", {"profile": "kid-busy"})
+    with pytest.raises(CommandError, match="'kid-busy' is being deleted"):
+        commands.handle("delete_profile", {"profile": "kid-ctl"})
+    assert chair.controller.state.value == "idle"
 
 
 def test_report_writes_png_and_csv_beside_the_socket_for_latest_and_by_id(chair_at_idle):

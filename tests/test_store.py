@@ -149,11 +149,32 @@ def test_duplicate_pseudonym_is_refused(store):
 def test_profile_with_sessions_is_deleted_only_when_asked(store):
     fox = store.create_profile("Fox")
     session = store.start_session(fox.id, "forest")
-    with pytest.raises(InvalidRecordError, match="with_sessions=True"):
+    with pytest.raises(InvalidRecordError, match="'Fox' has 1 recorded session.*with_sessions=True"):
         store.delete_profile(fox.id)
-    store.delete_profile(fox.id, with_sessions=True)
+    assert store.get_profile(fox.id) == fox, "a refused deletion deletes nothing"
+    assert store.delete_profile(fox.id, with_sessions=True) == 1
     with pytest.raises(RecordNotFoundError):
         store.get_session(session)
+
+
+def test_an_erased_profile_leaves_no_trace_in_the_file(tmp_path):
+    """Erasure on a family's request: the pseudonym, notes and records must not stay readable in
+    free pages or the WAL, where any copy of the SD card would still carry them."""
+    path = tmp_path / "relaxd.db"
+    with SessionStore(path) as store:
+        keep = store.create_profile("Badger")
+        gone = store.create_profile("Zanzibar-Quokka", notes="ErasureMarker likes slow waves")
+        for scenario in ("calm-sea", "sunset"):
+            session = store.start_session(gone.id, scenario)
+            store.add_event(session, "started", reason="ErasureMarker session began")
+            store.add_stimulus_second(session, 0, light=0.5, sound=0.25, vibration=0.0)
+        kept_session = store.start_session(keep.id, "forest")
+        assert store.delete_profile(gone.id, with_sessions=True) == 2
+        on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.name.startswith("relaxd.db"))
+        assert b"ErasureMarker" not in on_disk and b"Zanzibar-Quokka" not in on_disk
+        assert b"Badger" in on_disk, "the check must be able to see what is still stored"
+        assert [p.pseudonym for p in store.list_profiles()] == [keep.pseudonym]
+        assert [s.id for s in store.list_sessions()] == [kept_session], "only that child's sessions go"
 
 
 def test_schema_has_no_place_for_images(store):
