@@ -449,6 +449,20 @@ def test_resume_continues_from_the_checkpoint(trained_run, split_data, tmp_path)
     assert steps_after == 2 * steps_before  # continued, not restarted
 
 
+def test_a_chained_command_says_which_epoch_its_base_checkpoint_holds():
+    from relaxd_train.train import chained_command
+
+    base = {"command": "train-and-export train --epochs 200 --out runs/a", "settings": {"epochs": 200},
+            "epochs_done": 139, "best_epoch": 132}
+    step = "train-and-export train --init-from runs/a/last.keras --epochs 26 --out runs/b"
+    assert chained_command(base, step, Path("runs/a/last.keras")).splitlines() == [
+        "train-and-export train --epochs 200 --out runs/a  # last.keras = epoch 139 of 200 (stopped there)", step]
+    assert chained_command(base, step, Path("runs/a/best.keras")).splitlines()[0].endswith(
+        "# best.keras = epoch 132 of 200")
+    assert chained_command(base, step, Path("elsewhere/model.keras")).splitlines()[0] == base["command"]
+    assert chained_command({}, step, Path("runs/a/best.keras")) == step
+
+
 @pytest.mark.slow
 def test_warm_restart_starts_from_the_checkpoint_weights(trained_run, split_data, tmp_path):
     import keras
@@ -460,9 +474,11 @@ def test_warm_restart_starts_from_the_checkpoint_weights(trained_run, split_data
                  "--weight-decay", "0", "--no-augment"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert state["init_from"]["checkpoint"] == str(trained_run / "best.keras")
-    base_command = json.loads((trained_run / "state.json").read_text())["command"]
+    base_state = json.loads((trained_run / "state.json").read_text())
     lines = state["command"].splitlines()
-    assert lines[0] == base_command and "--init-from" in lines[1]  # the card quotes both steps
+    assert lines[0] == (f"{base_state['command']}  # best.keras = epoch {base_state['best_epoch']} "
+                        f"of {base_state['settings']['epochs']}")
+    assert "--init-from" in lines[1]  # the card quotes both steps, and which epoch the first one gave
     # At learning rate 0 the weights cannot move, so the run holds the base's weights exactly
     # (BatchNorm's running statistics still update: they are not trained by the optimizer).
     warm = keras.models.load_model(run / "last.keras")

@@ -139,7 +139,8 @@ def finetune(settings: FinetuneSettings, command: str = "") -> dict[str, Any]:
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss, metrics=["accuracy"])
     before = float(model.evaluate(val_ds, verbose=0)[1])
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = new_run_state(run, train_data, val_data, model, chained_command(base_state, command))
+    state = new_run_state(run, train_data, val_data, model,
+                          chained_command(base_state, command, Path(settings.checkpoint)))
     state["finetune"] = {
         "from": str(settings.checkpoint),
         "base_epochs": base_state.get("epochs_done"),

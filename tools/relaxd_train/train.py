@@ -150,12 +150,27 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
     return ProgressAndCheckpoint()
 
 
-def chained_command(base_state: dict[str, Any], command: str) -> str:
+def chained_command(base_state: dict[str, Any], command: str, checkpoint: Path | None = None) -> str:
     """The commands that made a model, one per line: the base run's steps, then this one.
 
-    The model card quotes them, so a warm-started or fine-tuned model shows every step.
+    The model card quotes them, so a warm-started or fine-tuned model shows every step; the
+    base run's line says which epoch ``checkpoint`` holds (a run stopped early, or its best).
     """
-    return "\n".join(c for c in (base_state.get("command", ""), command) if c)
+    base = base_state.get("command", "")
+    note = checkpoint_epoch(base_state, checkpoint) if base and checkpoint is not None else ""
+    return "\n".join(c for c in (base + (f"  # {note}" if note else ""), command) if c)
+
+
+def checkpoint_epoch(state: dict[str, Any], checkpoint: Path) -> str:
+    """"best.keras = epoch 132 of 200", or "" for a file this tool did not name."""
+    planned = state.get("settings", {}).get("epochs", "?")
+    done = state.get("epochs_done", 0)
+    if checkpoint.name == "best.keras":
+        return f"best.keras = epoch {state.get('best_epoch', '?')} of {planned}"
+    if checkpoint.name == "last.keras":
+        stopped = " (stopped there)" if isinstance(planned, int) and done < planned else ""
+        return f"last.keras = epoch {done} of {planned}{stopped}"
+    return ""
 
 
 def new_run_state(settings: TrainSettings, train_data: Dataset, val_data: Dataset, model: Any,
@@ -224,7 +239,8 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         else:
             model = build(settings.arch, settings.preprocess.input_size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
-        state = new_run_state(settings, train_data, val_data, model, chained_command(base_state, command))
+        state = new_run_state(settings, train_data, val_data, model,
+                              chained_command(base_state, command, init_from))
         if init_from is not None:
             state["init_from"] = {"checkpoint": str(init_from),
                                   "val_accuracy": base_state.get("best_val_accuracy")}
