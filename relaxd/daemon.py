@@ -36,8 +36,7 @@ import structlog
 
 from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.affect import AffectReading
-from relaxd import alerts as alert_kinds
-from relaxd.alerts import AlertManager
+from relaxd.alerts import CAMERA_LOST, ESTOP, LINK_LOST, AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
 from relaxd.errors import RelaxdError
@@ -210,11 +209,11 @@ class Chair:
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1
         self._link_problems.append(reason)
-        self._alert(alert_kinds.LINK_LOST, "high", f"microcontroller link lost: {reason}")
+        self._alert(LINK_LOST, "high", f"microcontroller link lost: {reason}")
 
     def _on_latch(self, event: LatchEvent) -> None:
         if event.kind == "tripped":
-            self._alert(alert_kinds.ESTOP, "high", f"emergency stop by {event.who}", detail=event.detail)
+            self._alert(ESTOP, "high", f"emergency stop by {event.who}", detail=event.detail)
 
     def _camera_event(self, kind: str, detail: dict[str, Any]) -> None:
         if kind in ("stalled", "lost", "failed", "ended"):
@@ -296,7 +295,7 @@ class Chair:
         self._serve_commands(now)  # after the latch check, so a command sees the e-stop state
         while self._camera_problems:
             problem = self._camera_problems.popleft()
-            self._alert(alert_kinds.CAMERA_LOST, "medium", f"camera {problem}: stimulation faded to idle")
+            self._alert(CAMERA_LOST, "medium", f"camera {problem}: stimulation faded to idle")
             if self.controller.state in (State.STARTING, State.RUNNING, State.PAUSED):
                 self._record(self.controller.stop(now, f"camera {problem}"))
         while self._link_problems:  # the bank is already latched off; the controller says why
