@@ -244,14 +244,14 @@ class ChairCommands:
 
         The control loop only checks and claims the profile (no session of it may start until
         the deletion ends); the deletion itself runs here, a session per transaction, so the
-        control loop never waits for it.
+        control loop never waits for it. Reports of those sessions drawn beside the socket go too.
         """
         pseudonym = args.text("profile", required=True, max_len=64)
         with_sessions = args.flag("with_sessions")
         by = args.text("by", default="socket", max_len=64)
         chair, store = self.chair, self._store()
 
-        def claim(now: float) -> tuple[int, list]:
+        def claim(now: float) -> tuple[tuple[int, list[int]], list]:
             if self._erasing is not None:
                 raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
             profile = store.find_profile(pseudonym)
@@ -260,15 +260,27 @@ class ChairCommands:
             if chair.session_id is not None and store.get_session(chair.session_id).profile_id == profile.id:
                 raise CommandRejected(f"{pseudonym!r} is in a session now: end it first (stop)")
             self._erasing = profile.pseudonym
-            return profile.id, []
+            return (profile.id, [s.id for s in store.list_sessions(profile_id=profile.id, limit=None)]), []
 
-        profile_id = self._in_loop(claim)
+        profile_id, session_ids = self._in_loop(claim)
         try:
             sessions = store.delete_profile(profile_id, with_sessions=with_sessions)
         finally:
             self._erasing = None
-        log.warning("profile deleted", profile=pseudonym, sessions=sessions, by=by)
-        return {"profile": pseudonym, "sessions_deleted": sessions}
+        reports = self._delete_reports(session_ids)
+        log.warning("profile deleted", profile=pseudonym, sessions=sessions, reports=reports, by=by)
+        return {"profile": pseudonym, "sessions_deleted": sessions, "reports_deleted": reports}
+
+    def _delete_reports(self, session_ids: list[int]) -> int:
+        """Delete the report files of these sessions from the reports folder; how many went."""
+        socket_path = resolve_socket_path(self.chair.settings.ipc.socket)
+        folder = None if socket_path is None else socket_path.parent / REPORTS_DIR
+        if folder is None or not folder.is_dir():
+            return 0
+        files = [f for session_id in session_ids for f in folder.glob(f"session-{session_id}-*")]
+        for file in files:
+            file.unlink(missing_ok=True)
+        return len(files)
 
     def list_scenarios(self, args: _Args) -> list[dict[str, Any]]:
         default = self.chair.settings.control.default_scenario

@@ -103,7 +103,8 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
     "list_sessions": lambda rows: show_table(rows, ("id", "profile", "scenario", "started_at", "ended_at",
                                                     "end_reason"), "no sessions"),
-    "delete_profile": lambda r: f"deleted profile {r['profile']} and {r['sessions_deleted']} session(s)",
+    "delete_profile": lambda r: (f"deleted profile {r['profile']}, {r['sessions_deleted']} session(s) and "
+                                 f"{r['reports_deleted']} report file(s)"),
     "report": lambda r: f"report of session {r['session']}:\n  picture  {r['png']}\n  table    {r['csv']}",
 }
 

@@ -593,8 +593,9 @@ class SessionStore:
             raise RecordNotFoundError(f"no session with id {session_id} (list them with list_sessions)")
         return SessionRecord(**dict(row))
 
-    def list_sessions(self, *, profile_id: Optional[int] = None, limit: int = 50) -> list[SessionRecord]:
-        """Newest first."""
+    def list_sessions(self, *, profile_id: Optional[int] = None, limit: Optional[int] = 50) -> list[SessionRecord]:
+        """Newest first; ``limit=None`` for all of them."""
+        limit = -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
         if profile_id is None:
             rows = self._all("SELECT * FROM sessions ORDER BY id DESC LIMIT ?", (limit,))
         else:

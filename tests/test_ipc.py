@@ -267,6 +267,8 @@ def test_lists_of_profiles_scenarios_and_sessions(chair_at_idle):
 
 def test_a_profile_is_erased_on_request_but_never_mid_session(chair_at_idle, capsys):
     chair, path = chair_at_idle
+    call(path, "start", profile="kid-list")  # another child, whose report must stay
+    call(path, "stop")
     call(path, "start", profile="kid-erase")
     assert refused(path, "delete_profile", profile="kid-erase", with_sessions=True).code == REJECTED
     call(path, "stop")
@@ -274,8 +276,12 @@ def test_a_profile_is_erased_on_request_but_never_mid_session(chair_at_idle, cap
     assert refusal.code == BAD_ARGS and "1 recorded session" in str(refusal), "sessions go only when asked"
     assert refused(path, "delete_profile", profile="kid-erase", with_sessions="yes").code == BAD_ARGS
     assert refused(path, "delete_profile", profile="nobody").code == NOT_FOUND
+    report = call(path, "report", session="latest")
+    kept = call(path, "report", session=call(path, "list_sessions", profile="kid-list", limit=1)[0]["id"])
     assert relaxctl(["--socket", str(path), "delete-profile", "kid-erase", "--with-sessions"]) == 0
-    assert printed(capsys)[0] == "deleted profile kid-erase and 1 session(s)\n"
+    assert printed(capsys)[0] == "deleted profile kid-erase, 1 session(s) and 2 report file(s)\n"
+    assert not Path(report["png"]).exists() and not Path(report["csv"]).exists()
+    assert Path(kept["png"]).exists(), "another child's report stays"
     assert "kid-erase" not in [p["pseudonym"] for p in call(path, "list_profiles")]
     assert "kid-erase" not in [s["profile"] for s in call(path, "list_sessions", limit=1000)]
 
