@@ -152,6 +152,7 @@ def _load_dataclass(cls: type, node: yaml.Node, path: str, ctx: _Context) -> Any
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    value_nodes: dict[str, yaml.Node] = {}
     first_line: dict[str, int] = {}
     for key_node, value_node in node.value:
         key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
@@ -166,9 +167,13 @@ def _load_dataclass(cls: type, node: yaml.Node, path: str, ctx: _Context) -> Any
             continue
         try:
             values[key] = _convert(hints[key], field, value_node, key_path, ctx)
+            value_nodes[key] = value_node
         except _Invalid as error:
             ctx.report(value_node, key_path, str(error))
-    return cls(**values)
+    built = cls(**values)
+    for key, message in getattr(built, "problems", list)():  # rules across a section's fields
+        ctx.report(value_nodes.get(key, node), f"{path}.{key}" if path else key, message)
+    return built
 
 
 def _convert(hint: Any, field: dataclasses.Field, node: yaml.Node, path: str, ctx: _Context) -> Any:

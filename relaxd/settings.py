@@ -48,6 +48,18 @@ class DetectorSettings:
     roi_margin: float = ranged(0.6, 0.1, 3.0, "search window around the last face, grown by this fraction")
     full_scan_interval: int = ranged(15, 1, 1000, "rescan the whole frame every N frames while tracking")
     pick: str = choice("largest", ("largest", "central"), "which face is the child's when several are found")
+    region_left: float = ranged(0.0, 0.0, 1.0, "camera frames: only a face whose centre lies right of this "
+                                "fraction of the width counts (e.g. to leave out a caregiver at the side)")
+    region_right: float = ranged(1.0, 0.0, 1.0, "camera frames: ... left of this fraction of the width")
+    region_top: float = ranged(0.0, 0.0, 1.0, "camera frames: ... below this fraction of the height")
+    region_bottom: float = ranged(1.0, 0.0, 1.0, "camera frames: ... above this fraction of the height")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules across fields, as (key, message); ``relaxd.config`` reports them like range errors."""
+        return [(low, f"{getattr(self, low):g} must be below {high} ({getattr(self, high):g}): the region "
+                      "would be empty (fractions of the frame, 0 to 1)")
+                for low, high in (("region_left", "region_right"), ("region_top", "region_bottom"))
+                if getattr(self, low) >= getattr(self, high)]
 
 
 @dataclass(frozen=True)

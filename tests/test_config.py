@@ -86,6 +86,10 @@ def test_full_valid_file():
           roi_margin: 0.5
           full_scan_interval: 30
           pick: central
+          region_left: 0.2
+          region_right: 0.8
+          region_top: 0.05
+          region_bottom: 0.9
         classifier:
           model: models/emotion.tflite
           threads: 2
@@ -192,6 +196,18 @@ def test_out_of_range_is_an_error(text, key, allowed):
     [(line, got_key, message)] = issues_of(text)
     assert (line, got_key) == (2, key)
     assert allowed in message
+
+
+def test_an_empty_detector_region_is_an_error_on_the_key_that_makes_it_empty():
+    [(line, key, message)] = issues_of("""
+        detector:
+          region_right: 0.3
+          region_left: 0.6
+    """)
+    assert (line, key) == (4, "detector.region_left")
+    assert "0.6 must be below region_right (0.3)" in message
+    [(line, key, _)] = issues_of("detector:\n  region_top: 1.0\n")  # against the default bottom, 1.0
+    assert (line, key) == (2, "detector.region_top")
 
 
 def test_bad_choice_lists_choices_and_suggests():

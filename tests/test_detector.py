@@ -172,6 +172,23 @@ def test_pick_largest_or_central(two_faces, pick):
         assert expected[0] < cx < expected[0] + expected[2] and expected[1] < cy < expected[1] + expected[3]
 
 
+def test_a_region_leaves_out_a_face_beside_it_in_camera_frames(two_faces):
+    """The larger face at the left (a caregiver leaning in) is ignored when the region excludes it."""
+    canvas, large, middle = two_faces
+    detector = FaceDetector(DetectorSettings(region_left=0.35))  # the large face's centre is at 0.18
+    for _ in range(20):  # tracking, full rescans and all
+        cx, cy = centre(detector.track(canvas))
+        assert middle[0] < cx < middle[0] + middle[2] and middle[1] < cy < middle[1] + middle[3]
+    assert FaceDetector(DetectorSettings(region_left=0.7)).track(canvas) is None, "no face inside: none"
+
+
+@pytest.mark.parametrize("bounds, named", [({"region_left": 0.6, "region_right": 0.4}, "detector.region_left"),
+                                           ({"region_top": 0.5, "region_bottom": 0.5}, "detector.region_top")])
+def test_an_empty_region_is_refused_with_the_keys_named(bounds, named):
+    with pytest.raises(DetectorError, match=f"{named}: .* must be below"):
+        FaceDetector(DetectorSettings(**bounds))
+
+
 def test_pick_face_rules():
     boxes = [(0, 0, 50, 50), (300, 220, 30, 30)]
     assert pick_face(boxes, (480, 640), "largest") == (0, 0, 50, 50)

@@ -160,6 +160,8 @@ class FaceDetector:
     """Haar-cascade face detection for photos (stateless) and camera frames (tracking)."""
 
     def __init__(self, settings: DetectorSettings = DetectorSettings()) -> None:
+        for key, message in settings.problems():  # settings built in code skip the config's check
+            raise DetectorError(f"detector.{key}: {message}")
         self.settings = settings
         self._cascade = load_cascade(settings.cascade)
         self._last: Optional[Box] = None  # last face, in downscaled-frame pixels, may leave the frame
@@ -278,8 +280,18 @@ class FaceDetector:
         boxes = self._scan(window, min_side, max_side)
         return [_scaled(box, 1.0 / factor, (wx * factor, wy * factor)) for box in boxes]
 
+    def _in_region(self, boxes: list[Box], shape: tuple[int, ...]) -> list[Box]:
+        """The boxes whose centre lies inside the configured region of a frame of ``shape``."""
+        s = self.settings
+        height, width = shape[:2]
+        return [b for b in boxes if s.region_left * width <= b[0] + b[2] / 2.0 <= s.region_right * width
+                and s.region_top * height <= b[1] + b[3] / 2.0 <= s.region_bottom * height]
+
     def track(self, frame: np.ndarray) -> Optional[Box]:
-        """The child's face in the next camera frame, or None; keeps state between calls."""
+        """The child's face in the next camera frame, or None; keeps state between calls.
+
+        Only faces whose centre lies in the configured region (``region_*``) count.
+        """
         gray = to_gray(frame)
         height, width = gray.shape[:2]
         small, target = gray, self.settings.detect_width
@@ -290,12 +302,15 @@ class FaceDetector:
         if small.shape != self._last_shape:  # first frame, or the camera changed its size
             self.reset()
             self._last_shape = small.shape
+        def found(boxes: list[Box]) -> list[Box]:
+            return self._in_region(boxes, small.shape)
+
         candidates: list[Box] = []
         if self._last is not None:
-            candidates = self._search_window(small, self._last)
+            candidates = found(self._search_window(small, self._last))
         self._since_full += 1
         if not candidates:
-            candidates = self._scan(small, self._min_side(small))
+            candidates = found(self._scan(small, self._min_side(small)))
             self._since_full = 0
         elif self._since_full >= self.settings.full_scan_interval:
             # Rescan for faces that could take over: a bigger one, or the same one if the
@@ -303,10 +318,10 @@ class FaceDetector:
             # background) are left out, which also keeps the rescan cheap.
             tracked = pick_face(candidates, small.shape, self.settings.pick)
             rival = max(self._min_side(small), int(TRACK_SIZES[0] * max(tracked[2:])))
-            candidates += self._scan(small, rival)
+            candidates += found(self._scan(small, rival))
             self._since_full = 0
         if not candidates:
-            candidates = self._scan_padded(small)
+            candidates = found(self._scan_padded(small))
         best = pick_face(candidates, small.shape, self.settings.pick)
         self._last = best
         if best is None:
