@@ -251,7 +251,7 @@ class ChairCommands:
         by = args.text("by", default="socket", max_len=64)
         chair, store = self.chair, self._store()
 
-        def claim(now: float) -> tuple[tuple[int, list[int]], list]:
+        def claim(now: float) -> tuple[int, list]:
             if self._erasing is not None:
                 raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
             profile = store.find_profile(pseudonym)
@@ -260,16 +260,16 @@ class ChairCommands:
             if chair.session_id is not None and store.get_session(chair.session_id).profile_id == profile.id:
                 raise CommandRejected(f"{pseudonym!r} is in a session now: end it first (stop)")
             self._erasing = profile.pseudonym
-            return (profile.id, [s.id for s in store.list_sessions(profile_id=profile.id, limit=None)]), []
+            return profile.id, []
 
-        profile_id, session_ids = self._in_loop(claim)
+        profile_id = self._in_loop(claim)
         try:
-            sessions = store.delete_profile(profile_id, with_sessions=with_sessions)
+            session_ids = store.delete_profile(profile_id, with_sessions=with_sessions)
         finally:
             self._erasing = None
         reports = self._delete_reports(session_ids)
-        log.warning("profile deleted", profile=pseudonym, sessions=sessions, reports=reports, by=by)
-        return {"profile": pseudonym, "sessions_deleted": sessions, "reports_deleted": reports}
+        log.warning("profile deleted", profile=pseudonym, sessions=len(session_ids), reports=reports, by=by)
+        return {"profile": pseudonym, "sessions_deleted": len(session_ids), "reports_deleted": reports}
 
     def _delete_reports(self, session_ids: list[int]) -> int:
         """Delete the report files of these sessions from the reports folder; how many went."""

@@ -514,15 +514,15 @@ class SessionStore:
                 conn.execute(f"UPDATE profiles SET {assignments} WHERE id = ?", (*changes.values(), profile_id))
         return self.get_profile(profile_id)
 
-    def delete_profile(self, profile_id: int, *, with_sessions: bool = False) -> int:
+    def delete_profile(self, profile_id: int, *, with_sessions: bool = False) -> list[int]:
         """Delete a profile; its sessions too only when asked (erasure on a family's request).
 
         Everything of those sessions goes with them (affect and stimulus seconds, events,
         alerts, undelivered webhook messages), one session per transaction, so a running
         daemon never waits on the store for long. ``secure_delete`` overwrites the freed pages
         and the WAL is checkpointed, so the records do not linger in the file. An interrupted
-        deletion leaves whole sessions behind, never half of one: run it again. Returns how
-        many sessions were deleted.
+        deletion leaves whole sessions behind, never half of one: run it again. Returns the ids
+        of the sessions deleted.
         """
         profile = self.get_profile(profile_id)
         sessions = [row["id"] for row in self._all("SELECT id FROM sessions WHERE profile_id = ?", (profile_id,))]
@@ -541,7 +541,7 @@ class SessionStore:
             conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))  # cascades to any newer session
         self._checkpoint()
         log.info("store.profile_deleted", profile_id=profile_id, sessions=len(sessions))
-        return len(sessions)
+        return sessions
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the file and empty it; a reader holding an old snapshot defers part of it."""
@@ -593,9 +593,8 @@ class SessionStore:
             raise RecordNotFoundError(f"no session with id {session_id} (list them with list_sessions)")
         return SessionRecord(**dict(row))
 
-    def list_sessions(self, *, profile_id: Optional[int] = None, limit: Optional[int] = 50) -> list[SessionRecord]:
-        """Newest first; ``limit=None`` for all of them."""
-        limit = -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
+    def list_sessions(self, *, profile_id: Optional[int] = None, limit: int = 50) -> list[SessionRecord]:
+        """Newest first."""
         if profile_id is None:
             rows = self._all("SELECT * FROM sessions ORDER BY id DESC LIMIT ?", (limit,))
         else:

@@ -152,7 +152,7 @@ def test_profile_with_sessions_is_deleted_only_when_asked(store):
     with pytest.raises(InvalidRecordError, match="'Fox' has 1 recorded session.*with_sessions=True"):
         store.delete_profile(fox.id)
     assert store.get_profile(fox.id) == fox, "a refused deletion deletes nothing"
-    assert store.delete_profile(fox.id, with_sessions=True) == 1
+    assert store.delete_profile(fox.id, with_sessions=True) == [session]
     with pytest.raises(RecordNotFoundError):
         store.get_session(session)
 
@@ -169,7 +169,7 @@ def test_an_erased_profile_leaves_no_trace_in_the_file(tmp_path):
             store.add_event(session, "started", reason="ErasureMarker session began")
             store.add_stimulus_second(session, 0, light=0.5, sound=0.25, vibration=0.0)
         kept_session = store.start_session(keep.id, "forest")
-        assert store.delete_profile(gone.id, with_sessions=True) == 2
+        assert len(store.delete_profile(gone.id, with_sessions=True)) == 2
         on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.name.startswith("relaxd.db"))
         assert b"ErasureMarker" not in on_disk and b"Zanzibar-Quokka" not in on_disk
         assert b"Badger" in on_disk, "the check must be able to see what is still stored"
