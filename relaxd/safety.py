@@ -175,7 +175,7 @@ class SafetyLatch:
             try:
                 listener(event)
             except Exception:
-                log.exception("estop.listener_failed", listener=repr(listener), event=event.kind)
+                log.exception("estop.listener_failed", listener=repr(listener), latch_event=event.kind)
 
 
 # ---------------------------------------------------------------------------------------

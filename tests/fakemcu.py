@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 
 from relaxd.actuators.serial_link import FrameError, decode, encode
 
@@ -26,6 +27,8 @@ class FakeMcu:
         self.corrupt_acks = 0       # this many ACKs go out with a wrong checksum
         self.nak_once = {}          # WORD -> NAK reason for its next occurrence
         self.ignore_once = set()    # WORDs whose next occurrence gets no answer
+        self.ack_delay_s = 0.0      # a slow board: each line takes effect at once, its reply comes this late
+        self.nak_always = {}        # WORD -> NAK reason for every occurrence
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -34,7 +37,8 @@ class FakeMcu:
         return [frame for frame in self.received if frame.word == word]
 
     def send_raw(self, data: bytes) -> None:
-        os.write(self.master, data)
+        if self.master >= 0:
+            os.write(self.master, data)
 
     def disconnect(self) -> None:
         """Unplug the cable: stop reading, then close the master side."""
@@ -63,6 +67,14 @@ class FakeMcu:
                 self._handle(line)
 
     def _reply(self, seq: int, *words) -> None:
+        if self.ack_delay_s:
+            timer = threading.Timer(self.ack_delay_s, self._send_reply, (seq, *words))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._send_reply(seq, *words)
+
+    def _send_reply(self, seq: int, *words) -> None:
         line = encode(seq, *words)
         if words[0] == "ACK" and self.corrupt_acks > 0:
             self.corrupt_acks -= 1
@@ -83,6 +95,9 @@ class FakeMcu:
             return
         if frame.word in self.ignore_once:
             self.ignore_once.discard(frame.word)
+            return
+        if frame.word in self.nak_always:
+            self._reply(frame.seq, "NAK", self.nak_always[frame.word])
             return
         if frame.word in self.nak_once:
             self._reply(frame.seq, "NAK", self.nak_once.pop(frame.word))

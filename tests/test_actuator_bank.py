@@ -132,13 +132,17 @@ def test_reset_latch_does_not_restart_stimulation_by_itself():
     assert bank.apply(FULL, 2.2).light_brightness == pytest.approx(0.05)  # then up from zero, by the ramp
 
 
-def test_a_failing_output_turns_everything_off_and_latches():
+def test_a_failing_output_turns_everything_off_latches_and_is_reported_not_raised():
     bank = simulated_bank()
+    faults = []
+    bank.on_fault = faults.append
     run(bank, FULL, 0.0, 1.0)
     bank.vibration.close()
-    with pytest.raises(ActuatorClosedError):
-        bank.apply(FULL, 1.1)
+    assert bank.apply(FULL, 1.1) == bank.levels.dark()  # the control loop is not thrown out of its cycle
     assert bank.latched and "writing the outputs failed" in bank.latch_reason
+    assert len(faults) == 1 and "vibration" in faults[0] and "closed" in faults[0]
+    bank.apply(FULL, 1.2)
+    assert len(faults) == 1  # latched: no more writes, no repeated report
     assert bank.light.output == (0.0, 0.0, 0.0) and bank.sound.value == 0.0
 
 

@@ -62,6 +62,25 @@ def test_trip_turns_outputs_off_before_telling_listeners():
     assert latch.latched and latch.tripped_by == "panel" and latch.tripped_at
 
 
+def test_a_failing_listener_or_kill_does_not_skip_the_others_or_fail_the_trip():
+    """The fault injector's finding: a raising listener made the log call itself raise (structlog's
+    ``event`` passed twice), so the listeners after it were skipped and the e-stop reported no answer."""
+    told, kills = [], []
+    latch = SafetyLatch()
+    latch.add_kill(lambda: 1 / 0)
+    latch.add_kill(lambda: kills.append("motors off"))
+
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    latch.add_listener(broken)
+    latch.add_listener(lambda event: told.append(event.kind))
+    assert latch.trip("panel") is True
+    assert kills == ["motors off"] and told == ["tripped"]
+    latch.reset("operator")
+    assert told == ["tripped", "reset"]
+
+
 def test_tripping_again_turns_outputs_off_again_but_keeps_the_first_source():
     kills, events = [], []
     latch = SafetyLatch()

@@ -288,8 +288,8 @@ def test_bank_over_serial_latches_off_when_the_link_is_lost(mcu):
     try:
         target = StimulusLevels(light_rgb=(1.0, 0.0, 0.0), light_brightness=0.5, vibration=0.4)
         bank.apply(target, now=0.0)
-        bank.apply(target, now=1.0)
-        assert mcu.light == (500, 0, 0) and mcu.vibration == 400
+        bank.apply(target, now=1.0)  # the bank does not wait for the acknowledgements
+        assert eventually(lambda: mcu.light == (500, 0, 0) and mcu.vibration == 400)
         mcu.send_raw(encode(0, "DEADMAN"))
         assert faults.event.wait(5.0)
         assert bank.latched and "serial link lost" in bank.latch_reason

@@ -105,7 +105,8 @@ class AudioOutput(Actuator):
         self._off()
         self._load(source)
         if audible:
-            self._apply(volume)
+            with self._guard(volume > 0.0):
+                self._apply(volume)
 
     @property
     def playing(self) -> bool:

@@ -5,16 +5,18 @@ allow and never above the caps: the global ceiling from the settings (``max_ligh
 the per-child caps from ``set_caps``. Upward ramps are slow so nothing ever jumps at the child;
 downward ramps are faster but still smooth.
 
-The safety latch comes first. ``all_off()`` turns every output off at once, with no ramp,
-from any thread (an e-stop GPIO edge callback, the watchdog, a link fault) while ``apply()``
-may be running in another. It sets the latch *before* writing zeros and does not wait long for
-the bank's lock; ``apply()`` checks the latch before and after writing, and writes zeros again
-if ``all_off`` ran meanwhile. So once ``all_off()`` has returned, no ``apply()`` can leave an
-output on, and while latched ``apply()`` does nothing. Only ``reset_latch()`` lifts the latch,
-and even then outputs stay at zero until ``apply()`` ramps them up again from zero.
+The safety latch comes first, and it sits at the wire. ``all_off()`` closes the bank's
+``OutputGate`` and then writes zeros, with no ramp, from any thread (an e-stop GPIO edge
+callback, the watchdog, a link fault) while ``apply()`` may be running in another. Every
+single write with a non-zero level, in every backend (a PWM duty cycle, a serial line and each
+of its retries), passes the gate first, so once ``all_off()`` has returned nothing can turn an
+output on again: not the rest of an ``apply()`` in flight, not a serial command waiting for
+its acknowledgement, not a retry. Only ``reset_latch()`` opens the gate, and even then outputs
+stay at zero until ``apply()`` ramps them up again from zero.
 
-Any exception while writing an output (a lost serial link, a failed pin) also turns everything
-off and latches, then re-raises: a chair with a broken output does not keep stimulating.
+A write that fails (a lost serial link, a failed pin) turns everything off, latches, and is
+reported to ``on_fault(reason)``; ``apply()`` itself never raises for it, so the control loop
+carries on and moves the controller into its fault state.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from relaxd.actuators.base import RGB, Actuator, Light, check_level, check_rgb
+from relaxd.actuators.base import RGB, Actuator, Light, OutputGate, OutputLatchedError, check_level, check_rgb
 from relaxd.errors import ConfigError
 from relaxd.settings import ActuatorSettings
 
@@ -70,13 +72,17 @@ class ActuatorBank:
     """
 
     def __init__(self, light: Optional[Light], sound: Optional[Actuator], vibration: Optional[Actuator],
-                 settings: ActuatorSettings, *, resources: Sequence[Any] = ()) -> None:
+                 settings: ActuatorSettings, *, resources: Sequence[Any] = (),
+                 on_fault: Optional[Callable[[str], None]] = None) -> None:
         self.light, self.sound, self.vibration = light, sound, vibration
         self.settings = settings
+        self.on_fault = on_fault
         self._resources = list(resources)
-        self._lock = threading.RLock()  # re-entrant: apply() calls all_off() when a write fails
-        self._latched = False
-        self.latch_reason: Optional[str] = None
+        self._lock = threading.Lock()  # apply(), set_caps() and reset_latch(); all_off() never takes it
+        self.gate = OutputGate(settings.all_off_lock_wait_s)
+        for actuator in (light, sound, vibration):
+            if actuator is not None:
+                actuator.gate = self.gate
         self._levels = StimulusLevels()
         self._last_now: Optional[float] = None
         self._child_caps: Dict[str, float] = {channel: 1.0 for channel in CHANNELS}
@@ -88,7 +94,11 @@ class ActuatorBank:
 
     @property
     def latched(self) -> bool:
-        return self._latched
+        return self.gate.closed
+
+    @property
+    def latch_reason(self) -> Optional[str]:
+        return self.gate.reason
 
     @property
     def caps(self) -> Dict[str, float]:
@@ -110,38 +120,38 @@ class ActuatorBank:
         if not isinstance(targets, StimulusLevels):
             raise TypeError(f"apply() needs StimulusLevels, got {type(targets).__name__}")
         with self._lock:
-            if self._latched:
+            if self.gate.closed:
                 return self._levels
             step = self._next_levels(targets, self._time_step(now))
             try:
                 self._write(step)
+            except OutputLatchedError:  # all_off() ran while this update was on its way: it wins
+                pass
             except Exception as error:
-                self.all_off(f"writing the outputs failed: {error}")
-                raise
-            if self._latched:  # all_off() ran without the lock while we were writing
+                reason = f"writing the outputs failed: {error}"
+                log.error("actuators: %s", reason)
+                if self.all_off(reason) and self.on_fault is not None:
+                    self.on_fault(reason)
+            if self.gate.closed:  # all_off() ran meanwhile; a write stuck past its wait may have landed after its zeros
                 self._write_off()
+                self._levels = self._levels.dark()
                 return self._levels
             self._levels = step
             return step
 
-    def all_off(self, reason: str = "all_off") -> None:
-        """Every output to zero now, and latch. Safe from any thread; never blocks for long."""
-        self._latched = True
-        if self.latch_reason is None:
-            self.latch_reason = reason
-            log.warning("actuators latched off: %s", reason)
-        locked = self._lock.acquire(timeout=self.settings.all_off_lock_wait_s)
-        try:
-            self._write_off()
-            self._levels = self._levels.dark()
-        finally:
-            if locked:
-                self._lock.release()
+    def all_off(self, reason: str = "all_off") -> bool:
+        """Every output to zero now, and latch; True if this call latched. Any thread; never waits on a lock."""
+        newly = self.gate.close(reason)
+        if newly:
+            log.info("actuators latched off: %s", reason)
+        self._write_off()
+        self._levels = self._levels.dark()
+        return newly
 
     def reset_latch(self) -> None:
         """Allow ``apply()`` again; outputs stay off until it ramps them up from zero."""
         with self._lock:
-            self._latched, self.latch_reason = False, None
+            self.gate.open()
             self._last_now = None
 
     def close(self) -> None:
@@ -251,7 +261,7 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
                              frequency=s.light_pwm_hz, pin_factory=pin_factory)
         if s.light_backend == "serial":
             from relaxd.actuators.serial_link import SerialLight
-            return SerialLight(serial_link())
+            return SerialLight(serial_link(), wait_for_ack=False)
         return SimulatedLight(history_len=s.history_len)
 
     def make_vibration() -> Actuator:
@@ -260,7 +270,7 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
             return GpioVibration(s.vibration_pin, frequency=s.vibration_pwm_hz, pin_factory=pin_factory)
         if s.vibration_backend == "serial":
             from relaxd.actuators.serial_link import SerialVibration
-            return SerialVibration(serial_link())
+            return SerialVibration(serial_link(), wait_for_ack=False)
         return SimulatedActuator("vibration", history_len=s.history_len)
 
     def make_sound() -> Actuator:
@@ -283,7 +293,8 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
         for thing in reversed(opened):  # an actuator before the link it uses
             thing.close()
         raise
-    bank = ActuatorBank(light, sound, vibration, settings, resources=[link] if link is not None else [])
+    bank = ActuatorBank(light, sound, vibration, settings, resources=[link] if link is not None else [],
+                        on_fault=on_fault)
 
     def link_lost(reason: str) -> None:
         bank.all_off(f"serial link lost: {reason}")
@@ -291,6 +302,8 @@ def build_bank(settings: ActuatorSettings, *, pin_factory: Optional[Any] = None,
             on_fault(reason)
 
     if link is not None:
+        link.gate = bank.gate
+        bank.gate.add_on_close(link.drop_energising)
         link.on_fault = link_lost
     return bank
 

@@ -13,12 +13,17 @@ turned it off), so the safety path never trips over an already closed device.
 from __future__ import annotations
 
 import abc
+import logging
 import math
-from typing import Tuple
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from relaxd.errors import RelaxdError
 
 RGB = Tuple[float, float, float]
+
+log = logging.getLogger(__name__)
 
 
 class ActuatorError(RelaxdError):
@@ -53,6 +58,62 @@ class NakError(LinkError):
     """The microcontroller refused a command (``NAK <seq> <reason>``)."""
 
 
+class OutputLatchedError(ActuatorError):
+    """A write with a non-zero level was refused because the outputs are latched off."""
+
+
+class OutputGate:
+    """The safety latch at the wire: a write with a non-zero level passes only while it is open.
+
+    The bank closes the gate *before* it writes zeros. Every energising write runs inside
+    ``energising()``, which holds the gate's lock only for the write itself (a PWM duty cycle,
+    one serial line into the OS buffer), so ``close()`` waits for at most one write already
+    on its way, and after ``close()`` returns no energising write can start, whatever was
+    queued, in flight or due for a retry. ``on_close`` callbacks (the serial link dropping its
+    queued commands) run on the closing thread and must be quick.
+    """
+
+    def __init__(self, lock_wait_s: float = 0.05) -> None:
+        self._closed = False
+        self._lock = threading.Lock()
+        self._lock_wait_s = lock_wait_s
+        self._on_close: List[Callable[[], None]] = []
+        self.reason: Optional[str] = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def close(self, reason: str) -> bool:
+        """Refuse energising writes from now on; True if this call closed it."""
+        was_open, self._closed = not self._closed, True  # first, without waiting for anyone
+        if was_open:
+            self.reason = reason
+        if self._lock.acquire(timeout=self._lock_wait_s):  # let a write already past its check finish
+            self._lock.release()
+        for callback in list(self._on_close):
+            try:
+                callback()
+            except Exception:  # one broken listener must not keep the rest from dropping their queue
+                log.exception("output gate on_close callback failed")
+        return was_open
+
+    def open(self) -> None:
+        with self._lock:
+            self._closed, self.reason = False, None
+
+    @contextmanager
+    def energising(self, what: str) -> Iterator[None]:
+        """Run one energising write, or raise ``OutputLatchedError`` if the gate is closed."""
+        with self._lock:
+            if self._closed:
+                raise OutputLatchedError(f"{what} refused: outputs latched off ({self.reason})")
+            yield
+
+
 def check_level(value: float, what: str) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` unless it is a number in 0..1."""
     try:
@@ -76,10 +137,14 @@ def check_rgb(color: RGB, what: str) -> RGB:
 class Actuator(abc.ABC):
     """One output with a level in 0..1. Subclasses implement ``_apply``."""
 
+    gates_at_the_wire = False
+    """True where the backend checks the gate itself, at each line it sends (the serial outputs)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._value = 0.0
         self._closed = False
+        self.gate: Optional[OutputGate] = None  # set by the ActuatorBank that owns this output
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"value={self._value:.3f}"
@@ -105,7 +170,8 @@ class Actuator(abc.ABC):
     def value(self, value: float) -> None:
         self._check_open()
         level = check_level(value, f"{self.name} value")
-        self._apply(level)
+        with self._guard(level > 0.0):
+            self._apply(level)
         self._value = level
 
     def off(self) -> None:
@@ -124,6 +190,14 @@ class Actuator(abc.ABC):
         finally:
             self._closed = True
             self._release()
+
+    @contextmanager
+    def _guard(self, energising: bool) -> Iterator[None]:
+        if energising and self.gate is not None and not self.gates_at_the_wire:
+            with self.gate.energising(f"{self.name} write"):
+                yield
+        else:
+            yield
 
     def _check_open(self) -> None:
         if self._closed:
@@ -164,7 +238,9 @@ class Light(Actuator):
         self._check_open()
         checked = check_rgb(color, f"{self.name} color")
         level = check_level(brightness, f"{self.name} brightness")
-        self._apply_rgb(tuple(c * level for c in checked))  # type: ignore[arg-type]
+        rgb = tuple(c * level for c in checked)
+        with self._guard(any(c > 0.0 for c in rgb)):
+            self._apply_rgb(rgb)  # type: ignore[arg-type]
         self._color, self._value = checked, level
 
     def _apply(self, value: float) -> None:

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from relaxd.actuators.base import (RGB, Actuator, Light, LinkError, LinkLostError, NakError,
-                                   ProtocolVersionError)
+from relaxd.actuators.base import (RGB, Actuator, Light, LinkError, LinkLostError, NakError, OutputGate,
+                                   OutputLatchedError, ProtocolVersionError)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ FIRMWARE_HINT = "flash deploy/firmware/relaxd_mcu/relaxd_mcu.ino"
 # A newer command makes a pending older one pointless: resending it could even undo the newer.
 # Heartbeats never replace each other, so an unanswered one runs out of retries and loses the link.
 SUPERSEDES = {"LIGHT": {"LIGHT"}, "VIB": {"VIB"}, "OFF": {"LIGHT", "VIB", "OFF"}}
+LEVEL_WORDS = frozenset({"LIGHT", "VIB"})
+
+
+def is_energising(word: str, args: Tuple[Any, ...]) -> bool:
+    """True for a command that turns an output on (a level above zero): the latch refuses these."""
+    return word in LEVEL_WORDS and any(int(arg) != 0 for arg in args)
 
 
 def crc8(data: bytes) -> int:
@@ -93,8 +99,10 @@ class _Pending:
     word: str
     line: bytes
     sent_at: float
+    energising: bool = False  # passes the output gate at every send, retries included
+    waited: bool = True       # someone waits for the outcome; else a refusal is reported as a fault
     attempts: int = 1
-    outcome: str = ""  # "ack", "superseded", "lost", or the NAK reason
+    outcome: str = ""  # "ack", "superseded", "lost", "latched", or the NAK reason
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -115,6 +123,7 @@ class SerialLink:
         self.heartbeat_s, self.link_timeout_s = heartbeat_s, link_timeout_s
         self.handshake_timeout_s, self.deadman_ms = handshake_timeout_s, deadman_ms
         self.on_fault = on_fault
+        self.gate: Optional[OutputGate] = None  # the bank's latch; energising lines pass it one by one
         self.firmware: Optional[str] = None
         self.fault_reason: Optional[str] = None
         self.garbage_count = 0
@@ -230,11 +239,14 @@ class SerialLink:
         """Send one command. With ``wait``, return once it is acknowledged.
 
         Raises ``LinkLostError`` when the link is not up or is lost meanwhile, ``NakError`` when
-        the microcontroller refuses the command. Without ``wait`` it never blocks on the reply
-        (for the safety path); retries still happen in the background.
+        the microcontroller refuses the command, ``OutputLatchedError`` when it would turn an
+        output on while the gate is closed. Without ``wait`` it never waits for the reply (the
+        control loop and the safety path): retries happen in the background, and a refusal or
+        a lost link reaches ``on_fault``.
         """
         seq = self._next_seq()
-        pending = _Pending(word, encode(seq, word, *args), time.monotonic())
+        pending = _Pending(word, encode(seq, word, *args), time.monotonic(),
+                           energising=is_energising(word, args), waited=wait)
         with self._lock:
             self._check_ok()
             for old_seq, old in list(self._pending.items()):
@@ -244,7 +256,11 @@ class SerialLink:
                     old.done.set()
             self._pending[seq] = pending
         try:
-            self._write(pending.line)
+            self._write_command(pending)
+        except OutputLatchedError:
+            with self._lock:
+                self._pending.pop(seq, None)
+            raise
         except OSError as error:
             self._fault(f"writing to serial port {self.port} failed: {error}")
         if not wait:
@@ -255,12 +271,39 @@ class SerialLink:
             self._fault(f"no answer to {word} and the link's reader thread is stalled")
         if pending.outcome in ("ack", "superseded"):
             return
+        if pending.outcome == "latched":
+            raise OutputLatchedError(f"{word} was dropped: the outputs were latched off while it was on its way")
         if pending.outcome in ("lost", ""):
             with self._lock:
                 self._check_ok()
             raise LinkLostError(f"no answer to {word} from the microcontroller on {self.port}")
         command = " ".join([word, *map(str, args)])
         raise NakError(f"the microcontroller on {self.port} refused {command}: {pending.outcome}")
+
+    def drop_energising(self) -> None:
+        """Forget every queued or retried command that would turn an output on (the latch tripped)."""
+        with self._lock:
+            for seq, pending in list(self._pending.items()):
+                if pending.energising:
+                    del self._pending[seq]
+                    pending.outcome = "latched"
+                    pending.done.set()
+
+    def _write_command(self, pending: _Pending) -> None:
+        """Put one command line on the wire; an energising one only through the open gate."""
+        if pending.energising and self.gate is not None:
+            with self.gate.energising(f"serial {pending.word}"):
+                self._write(pending.line)
+        else:
+            self._write(pending.line)
+
+    def _resend(self, pending: _Pending) -> None:
+        try:
+            self._write_command(pending)
+        except OutputLatchedError:
+            self.drop_energising()
+        except (OSError, LinkError) as error:
+            log.debug("serial %s: resend failed: %s", self.port, error)
 
     def _check_ok(self) -> None:
         if self._status != "ok":
@@ -337,10 +380,12 @@ class SerialLink:
             if pending is None:
                 log.debug("serial %s: late or duplicate %s %d", self.port, frame.word, frame.seq)
             elif retry:
-                self._write_quietly(pending.line)
+                self._resend(pending)
             else:
                 pending.outcome = "ack" if frame.word == "ACK" else " ".join(frame.args) or "no reason given"
                 pending.done.set()
+                if frame.word == "NAK" and not pending.waited:  # nobody to raise NakError to
+                    self._fault(f"the microcontroller refused {pending.word}: {pending.outcome}")
         elif frame.word == "DEADMAN":
             self._fault("the microcontroller's dead-man timer turned the outputs off")
         elif frame.word == "BOOT":
@@ -350,7 +395,8 @@ class SerialLink:
 
     def _keep_time(self, now: float) -> None:
         """Resend unanswered commands, declare the link lost when it fell silent, send heartbeats."""
-        resend, expired = [], None
+        resend: List[_Pending] = []
+        expired = None
         with self._lock:
             for pending in self._pending.values():
                 if now - pending.sent_at < self.ack_timeout_s:
@@ -360,15 +406,15 @@ class SerialLink:
                     break
                 pending.attempts += 1
                 pending.sent_at = now
-                resend.append(pending.line)
+                resend.append(pending)
         if expired is not None:
             self._fault(f"no answer to {expired.word} after {expired.attempts} tries")
             return
         if now - self._last_rx > self.link_timeout_s:
             self._fault(f"no valid line from the microcontroller for {self.link_timeout_s} s")
             return
-        for line in resend:
-            self._write_quietly(line)
+        for pending in resend:
+            self._resend(pending)
         if now - self._last_tx >= self.heartbeat_s:
             try:
                 self.send("HB", wait=False)
@@ -408,13 +454,19 @@ class SerialLink:
 
 
 class _SerialOutput:
-    """What the two serial actuators share: levels in permille, and 'off' when the link is not up."""
+    """What the two serial actuators share: levels in permille, and 'off' when the link is not up.
 
+    ``wait_for_ack`` False (how the bank builds them) never blocks the caller on the reply: the
+    control loop must not wait on a serial retry. The link checks the output gate at each line.
+    """
+
+    gates_at_the_wire = True
     _link: SerialLink
     _session: int
+    wait_for_ack: bool
 
     def _send(self, word: str, *levels: float) -> None:
-        self._link.send(word, *(int(round(level * 1000)) for level in levels))
+        self._link.send(word, *(int(round(level * 1000)) for level in levels), wait=self.wait_for_ack)
         self._session = self._link.session
 
     def _send_off(self, word: str, count: int) -> None:
@@ -432,9 +484,10 @@ class _SerialOutput:
 class SerialLight(_SerialOutput, Light):
     """The RGB light driven by the microcontroller (``LIGHT r g b``, permille of full duty)."""
 
-    def __init__(self, link: SerialLink, *, name: str = "light", color: RGB = (1.0, 1.0, 1.0)) -> None:
+    def __init__(self, link: SerialLink, *, name: str = "light", color: RGB = (1.0, 1.0, 1.0),
+                 wait_for_ack: bool = True) -> None:
         super().__init__(name, color)
-        self._link, self._session = link, -1
+        self._link, self._session, self.wait_for_ack = link, -1, wait_for_ack
 
     def _apply_rgb(self, rgb: RGB) -> None:
         self._send("LIGHT", *rgb)
@@ -449,9 +502,9 @@ class SerialLight(_SerialOutput, Light):
 class SerialVibration(_SerialOutput, Actuator):
     """The vibration motors driven by the microcontroller (``VIB level``, permille)."""
 
-    def __init__(self, link: SerialLink, *, name: str = "vibration") -> None:
+    def __init__(self, link: SerialLink, *, name: str = "vibration", wait_for_ack: bool = True) -> None:
         super().__init__(name)
-        self._link, self._session = link, -1
+        self._link, self._session, self.wait_for_ack = link, -1, wait_for_ack
 
     def _apply(self, value: float) -> None:
         self._send("VIB", value)
