@@ -26,7 +26,8 @@ Commands (``args`` in brackets are optional; ``by`` names who, for the record):
 The parts, each with one job:
 
 * ``ControlServer``: the socket (stale-file handling, permissions), a thread per client
-  (at most ``max_clients``), line limits, JSON framing. It knows nothing about the chair:
+  (at most ``max_clients``, plus a reserved lane on which e-stop and status are always
+  answered), line limits, JSON framing. It knows nothing about the chair:
   it hands ``(cmd, args)`` to a dispatch callable and turns a ``CommandError`` into an
   error reply. A bad client never reaches the chair: garbage, oversized lines and
   vanished clients end that client only.
@@ -74,6 +75,14 @@ LINE_TOO_LONG = "line_too_long"  # the connection is closed after this reply
 BUSY = "busy"  # too many clients; the connection is closed after this reply
 FAILED = "failed"  # the command was valid but failed (e.g. the store)
 INTERNAL = "internal"  # a bug: see the daemon's log
+
+# The reserved lane: a server full of clients (idle panels, a flood) must never lock out STOP.
+# A connection beyond ``max_clients`` may still send one request; e-stop and status are served
+# on it, anything else is told busy. Each reserved connection gets a few seconds only, so
+# idle clients cannot hold the lane the way they can hold the ordinary slots.
+RESERVED_SLOTS = 8
+RESERVED_COMMANDS = frozenset({"estop", "status"})
+RESERVED_READ_S = 2.0
 
 
 class IpcError(RelaxdError):
@@ -147,10 +156,14 @@ def error_reply(request_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}}
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
 def parse_request(line: bytes) -> Request:
     """Decode one request line; a bad one raises ``CommandError`` carrying its id when readable."""
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = json.loads(line.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CommandError(BAD_JSON, f"the request is not a UTF-8 JSON line ({exc}); send e.g. "
                                      '{"v": 1, "id": 1, "cmd": "status", "args": {}}') from None
@@ -232,16 +245,44 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(str(owner.path), _ClientHandler)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        if not self.owner._admit(request):
+        if self.owner._admit(request):
+            super().process_request(request, client_address)
+        elif self.owner._reserved.acquire(blocking=False):
+            threading.Thread(target=self._serve_reserved, args=(request,), name="relaxd-ipc-reserved",
+                             daemon=True).start()
+        else:
+            self._refuse_busy(request)
+
+    def _busy_reply(self) -> bytes:
+        return encode(error_reply(None, BUSY, f"relaxd already serves {self.owner.settings.max_clients} clients "
+                                              "(ipc.max_clients); try again shortly (estop and status are "
+                                              "always answered)"))
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        try:
+            request.sendall(self._busy_reply())
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _serve_reserved(self, request: socket.socket) -> None:
+        """One request on the reserved lane: e-stop or status answered, anything else busy."""
+        try:
+            request.settimeout(RESERVED_READ_S)
+            with request.makefile("rb") as rfile:
+                line = rfile.readline(self.owner.settings.max_line_bytes + 1)
             try:
-                request.sendall(encode(error_reply(None, BUSY, f"relaxd already serves "
-                                                              f"{self.owner.settings.max_clients} clients "
-                                                              "(ipc.max_clients); try again shortly")))
-            except OSError:
-                pass
+                cmd = parse_request(line).cmd
+            except CommandError:
+                cmd = None
+            reply = self.owner.respond(line) if cmd in RESERVED_COMMANDS else self._busy_reply()
+            log.info("ipc.reserved_lane", cmd=cmd, served=cmd in RESERVED_COMMANDS)
+            request.sendall(reply)
+        except OSError:
+            pass  # silent past RESERVED_READ_S, or gone: the lane is free again
+        finally:
+            self.owner._reserved.release()
             self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
@@ -268,6 +309,7 @@ class ControlServer:
         self._server: Optional[_UnixServer] = None
         self._thread: Optional[threading.Thread] = None
         self._clients: set[socket.socket] = set()
+        self._reserved = threading.BoundedSemaphore(RESERVED_SLOTS)
         self._lock = threading.Lock()
         self._inode: Optional[int] = None
 

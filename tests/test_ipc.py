@@ -28,7 +28,7 @@ from chairkit import call, faceless_clip, outputs_of, short_dir, wait_for
 from relaxd.commands import ChairCommands
 from relaxd.control import State
 from relaxd.daemon import Chair
-from relaxd.ipc import (BAD_ARGS, BAD_JSON, BAD_REQUEST, BUSY, LINE_TOO_LONG, NOT_FOUND, REJECTED, TIMEOUT,
+from relaxd.ipc import (RESERVED_READ_S, RESERVED_SLOTS, BAD_ARGS, BAD_JSON, BAD_REQUEST, BUSY, LINE_TOO_LONG, NOT_FOUND, REJECTED, TIMEOUT,
                         UNKNOWN_COMMAND, UNSUPPORTED_VERSION, CommandError, ControlClient, ControlServer, IpcError,
                         SocketInUseError)
 from relaxd.relaxctl import main as relaxctl
@@ -578,3 +578,50 @@ def test_relaxctl_as_a_separate_process(chair_at_idle):
     gone = subprocess.run([*command, "--socket", str(path) + ".missing", "status"],
                           capture_output=True, text=True, timeout=60)
     assert gone.returncode == 2 and "cannot connect to relaxd" in gone.stderr
+
+
+def test_estop_and_status_get_through_a_server_full_of_idle_clients():
+    """The fault injector's finding: 16 idle connections made STOP fail with busy for 600 s."""
+    folder = short_dir()
+    path = folder / "s.sock"
+    idle = []
+    try:
+        with echo_server(path, max_clients=3, idle_timeout_s=600.0) as server:
+            for _ in range(3):
+                idle.append(ControlClient(path).connect())
+            assert wait_for(lambda: server.clients == 3)
+            assert call(path, "estop", by="test") == {"cmd": "estop", "args": {"by": "test"}}
+            assert call(path, "status") == {"cmd": "status", "args": {}}
+            assert refused(path, "start", profile="kid").code == BUSY  # only the safety commands jump the queue
+            # Idle connections on the reserved lane itself hold it for RESERVED_READ_S only.
+            squatters = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(RESERVED_SLOTS)]
+            for squatter in squatters:
+                squatter.connect(str(path))
+            assert wait_for(lambda: _estop_answered(path), timeout=RESERVED_READ_S * 4)
+            for squatter in squatters:
+                squatter.close()
+    finally:
+        for client in idle:
+            client.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _estop_answered(path: Path) -> bool:
+    try:
+        return call(path, "estop") == {"cmd": "estop", "args": {}}
+    except CommandError:
+        return False
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_request_id_that_is_not_finite_gets_an_error_reply(constant):
+    folder = short_dir()
+    path = folder / "s.sock"
+    try:
+        with echo_server(path):
+            line = b'{"v": 1, "id": ' + constant.encode() + b', "cmd": "status"}\n'
+            answers, _ = exchange(path, line, replies=1)
+            assert answers[0]["ok"] is False and answers[0]["error"]["code"] == "bad_json"
+            assert constant in answers[0]["error"]["message"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
