@@ -54,7 +54,8 @@ CHILD_LEFT = "child_left"
 CAMERA_LOST = "camera_lost"
 LINK_LOST = "link_lost"
 FAULT = "fault"
-KINDS = (ADVERSE_REACTION, ESTOP, CHILD_LEFT, CAMERA_LOST, LINK_LOST, FAULT)
+STORE_FAILED = "store_failed"
+KINDS = (ADVERSE_REACTION, ESTOP, CHILD_LEFT, CAMERA_LOST, LINK_LOST, FAULT, STORE_FAILED)
 
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}  # high=0 is the most urgent
 
@@ -124,6 +125,10 @@ class AlertManager:
         self._listeners: list[Listener] = []
         self._relay: Optional[RelayChannel] = None
         self._webhook: Optional[WebhookOutbox] = None
+        # The unacknowledged alerts, kept in memory so status never reads (or waits on) the store.
+        self._active: dict[str, Alert] = {r["id"]: Alert.from_row(r)
+                                          for r in store.list_alerts(unacknowledged_only=True)}
+        self._active_lock = threading.Lock()  # never held across a store call
         if settings.webhook_url:
             self._webhook = WebhookOutbox(
                 store, settings.webhook_url, timeout_s=settings.webhook_timeout_s,
@@ -164,6 +169,8 @@ class AlertManager:
                 alert_id=alert.id, time=alert.time, kind=kind, priority=priority, message=message,
                 session_id=session_id, data=dict(alert.data), outbox=self._message(RAISED, alert),
             )
+            with self._active_lock:
+                self._active[alert.id] = alert
             log.warning("alert.raised", alert_id=alert.id, kind=kind, priority=priority, message=message)
             self._fan_out(RAISED, alert)
         return alert
@@ -179,13 +186,16 @@ class AlertManager:
             stamp = now_iso()
             acked = replace(current, acknowledged_at=stamp, acknowledged_by=by)
             if self._store.acknowledge_alert(alert_id, by, time=stamp, outbox=self._message(ACKNOWLEDGED, acked)):
+                with self._active_lock:
+                    self._active.pop(alert_id, None)
                 log.info("alert.acknowledged", alert_id=alert_id, by=by)
                 self._fan_out(ACKNOWLEDGED, acked)
             return Alert.from_row(self._store.get_alert(alert_id))
 
     def active(self) -> list[Alert]:
-        """Unacknowledged alerts, oldest first."""
-        return [Alert.from_row(r) for r in self._store.list_alerts(unacknowledged_only=True)]
+        """Unacknowledged alerts, oldest first (from memory: never waits on the store)."""
+        with self._active_lock:
+            return sorted(self._active.values(), key=lambda alert: alert.time)
 
     @property
     def relay_on(self) -> bool:

@@ -143,8 +143,9 @@ class ChairCommands:
         profile = args.text("profile", required=True, max_len=64)
         scenario = args.text("scenario")
         chair = self.chair
+        stored = self._store().find_profile(profile)  # here, so the control loop never reads the store
 
-        def start(now: float) -> tuple[dict[str, Any], list]:
+        def start(now: float) -> tuple[Any, list]:
             # Checked before start_session, which creates the profile and sets caps first.
             if chair.controller.state != State.IDLE:
                 raise CommandRejected(f"cannot start a session while {chair.controller.state}; "
@@ -153,11 +154,12 @@ class ChairCommands:
                 raise CommandRejected(f"profile {profile!r} is being deleted right now")
             if scenario is not None and scenario not in chair.controller.scenario_names:
                 raise CommandRejected(f"no scenario named {scenario!r}; choose one of {chair.controller.scenario_names}")
-            chair.start_session(profile, scenario, now)
-            return {"state": self._state(), "session_id": chair.session_id, "profile": profile,
-                    "scenario": chair.controller.scenario}, []
+            handle = chair.start_session(profile, scenario, now, stored)
+            return ({"state": self._state(), "profile": profile, "scenario": chair.controller.scenario}, handle), []
 
-        return self._in_loop(start)
+        result, handle = self._in_loop(start)
+        # The recorder writes the session's row; a store slow to answer delays only this reply's id.
+        return {**result, "session_id": handle.wait_recorded(self.timeout_s)}
 
     def _operator(self, action: str) -> dict[str, Any]:
         def run(now: float) -> tuple[dict[str, Any], list]:
@@ -224,17 +226,16 @@ class ChairCommands:
             raise CommandError(BAD_ARGS, "set_caps needs at least one of light, sound, vibration (each 0..1)")
         chair = self.chair
 
-        def set_caps(now: float) -> tuple[dict[str, Any], list]:
+        def set_caps(now: float) -> tuple[Any, list]:
             chair.bank.set_caps(**caps)
-            profile = None
-            if chair.session_id is not None and chair.store is not None:
-                profile_id = chair.store.get_session(chair.session_id).profile_id
-                if profile_id is not None:
-                    fields = {f"{name}_cap": value for name, value in caps.items()}
-                    profile = chair.store.update_profile(profile_id, **fields).pseudonym
-            return {"caps": chair.bank.caps, "profile": profile, "persisted": profile is not None}, []
+            return (chair.bank.caps, chair.session), []
 
-        return self._in_loop(set_caps)
+        effective, session = self._in_loop(set_caps)
+        profile = None  # saved here, off the control loop
+        if session is not None and session.wait_recorded(self.timeout_s) is not None and session.profile_id is not None:
+            fields = {f"{name}_cap": value for name, value in caps.items()}
+            profile = self._store().update_profile(session.profile_id, **fields).pseudonym
+        return {"caps": effective, "profile": profile, "persisted": profile is not None}
 
     def list_profiles(self, args: _Args) -> list[dict[str, Any]]:
         return [asdict(profile) for profile in self._store().list_profiles()]
@@ -251,13 +252,16 @@ class ChairCommands:
         by = args.text("by", default="socket", max_len=64)
         chair, store = self.chair, self._store()
 
+        if self._erasing is not None:  # checked again in the control loop, where it is claimed
+            raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
+        profile = store.find_profile(pseudonym)
+        if profile is None:
+            raise RecordNotFoundError(f"no profile named {pseudonym!r} (see list_profiles)")
+
         def claim(now: float) -> tuple[int, list]:
             if self._erasing is not None:
                 raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
-            profile = store.find_profile(pseudonym)
-            if profile is None:
-                raise RecordNotFoundError(f"no profile named {pseudonym!r} (see list_profiles)")
-            if chair.session_id is not None and store.get_session(chair.session_id).profile_id == profile.id:
+            if chair.session is not None and chair.session.pseudonym == profile.pseudonym:
                 raise CommandRejected(f"{pseudonym!r} is in a session now: end it first (stop)")
             self._erasing = profile.pseudonym
             return profile.id, []
@@ -348,8 +352,15 @@ class ChairCommands:
         return folder
 
     def _store(self) -> Any:
+        """The store, once the rows the control loop queued so far are written (read your writes).
+
+        Waits up to the command timeout on this socket thread, never on the control loop; a
+        store that stays unavailable answers with what it has.
+        """
         if self.chair.store is None:
             raise CommandError(FAILED, "the session store is not open")
+        if self.chair.recorder is not None:
+            self.chair.recorder.drain(self.timeout_s)
         return self.chair.store
 
 

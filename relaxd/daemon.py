@@ -7,7 +7,9 @@ Threads, each with one job (Frigate-style):
   (drops the oldest, never blocks); an exception ends it, faults the controller and fails
   the systemd health check, so systemd restarts the daemon;
 - control loop (the calling thread): readings -> ``Controller`` -> ``ActuatorBank``;
-  kicks the watchdog, records events, alerts and per-second summaries;
+  kicks the watchdog; hands events, alerts and per-second summaries to the recorder. It
+  never waits on I/O: not on the store, not on a serial acknowledgement;
+- recorder (``SessionRecorder``): the one thread that writes the session record;
 - watchdog and systemd health gate: their own threads;
 - control socket (``relaxd.ipc``): a thread per client. Commands that touch the controller
   are queued to the control loop, which runs them at the top of its next cycle; the
@@ -36,7 +38,7 @@ import structlog
 
 from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.affect import AffectReading
-from relaxd.alerts import CAMERA_LOST, ESTOP, LINK_LOST, AlertManager
+from relaxd.alerts import CAMERA_LOST, ESTOP, LINK_LOST, STORE_FAILED, AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
 from relaxd.errors import RelaxdError
@@ -45,7 +47,8 @@ from relaxd.ipc import ControlServer, resolve_socket_path
 from relaxd.safety import (EStopButton, HealthGate, LatchEvent, SafetyLatch, SystemdNotifier, Watchdog,
                            install_crash_hooks, install_signal_handlers)
 from relaxd.settings import Settings
-from relaxd.store import AffectSecondAccumulator, SessionStore
+from relaxd.recorder import SessionHandle, SessionRecorder
+from relaxd.store import AffectSecondAccumulator, Profile, SessionStore, now_iso
 from relaxd.vision.pipeline import VisionPipeline
 
 log = structlog.get_logger(__name__)
@@ -55,6 +58,9 @@ CONTROL_PERIOD_S = 0.05
 
 SESSION_ENDS = frozenset({EventKind.STOPPED, EventKind.SCENARIO_FINISHED, EventKind.ESTOP, EventKind.FAULT})
 """Controller events that end its session: the session record is closed with the event's kind as reason."""
+
+RECORDER_DRAIN_S = 3.0
+"""At exit the recorder gets this long to write what is queued (a locked store must not hold up a stop)."""
 
 READING_QUEUE = 64
 REPORT_EVENTS = 500
@@ -74,7 +80,7 @@ class ControlView:
     scenario: Optional[str]
     phase: Optional[str]
     intensity: float
-    session_id: Optional[int]
+    session: Optional[SessionHandle]
     transition: Optional[dict[str, Any]]  # the last event that changed the state
     reading: Optional[AffectReading]  # the newest affect reading
 
@@ -130,12 +136,19 @@ class RunReport:
     readings: int = 0
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REPORT_EVENTS))
     final_state: str = ""
-    session_id: Optional[int] = None
+    session: Optional[SessionHandle] = None
+    unwritten: dict[str, int] = field(default_factory=dict)  # rows the store never got, by kind
     stuck_threads: list[str] = field(default_factory=list)  # still inside a camera/vision call at exit
+
+    @property
+    def session_id(self) -> Optional[int]:
+        return self.session.id if self.session is not None else None
 
     def describe(self) -> str:
         lines = [f"ran {self.seconds:.1f} s: {self.frames} frames, {self.readings} affect readings, "
                  f"final state {self.final_state}" + (f", session {self.session_id}" if self.session_id else "")]
+        if self.unwritten:
+            lines.append(f"  not recorded (the store was unavailable): {self.unwritten}")
         lines += [f"  {e['kind']}: {e['state_from']} -> {e['state_to']} ({e['reason']})" for e in self.events]
         return "\n".join(lines)
 
@@ -154,7 +167,9 @@ class Chair:
         self._vision_failure: Optional[str] = None  # why the vision thread ended, if it did
         self._sound_key: Optional[tuple] = None
         self._phase: Optional[str] = None
-        self._session_id: Optional[int] = None
+        self._session: Optional[SessionHandle] = None
+        self._store_fault_raised = False
+        self._unwritten: dict[str, int] = {}
         self._accumulator: Optional[AffectSecondAccumulator] = None
         self._last_stimulus_second = -1
         self._session_started = 0.0
@@ -175,6 +190,7 @@ class Chair:
         self.estop_button: Optional[EStopButton] = None
         self.store: Optional[SessionStore] = None
         self.alerts: Optional[AlertManager] = None
+        self.recorder: Optional[SessionRecorder] = None
         try:
             if settings.safety.estop_pin >= 0:
                 self.estop_button = EStopButton(self.latch, settings.safety.estop_pin, pin_factory=pin_factory)
@@ -182,6 +198,7 @@ class Chair:
                                       busy_timeout_s=settings.store.busy_timeout_s)
             self.store.close_unfinished_sessions()
             self.alerts = AlertManager(self.store, settings.alerts, pin_factory=pin_factory)
+            self.recorder = SessionRecorder(self.store).start()
         except BaseException:
             self.close()
             raise
@@ -203,8 +220,16 @@ class Chair:
         self.latch.trip("watchdog", f"control loop {late_s:.2f} s late")
 
     def _alert(self, kind: str, priority: str, message: str, **data: Any) -> None:
-        if self.alerts is not None:  # None only while the chair is being built
-            self.alerts.raise_alert(kind, priority, message, session_id=self._session_id, data=data)
+        """Queue a caregiver alert; any thread, never waits (the recorder stores and fans it out)."""
+        if self.alerts is None or self.recorder is None:  # None only while the chair is being built
+            log.error("alert.before_start", kind=kind, message=message)
+            return
+        alerts, session = self.alerts, self._session
+
+        def write(store: SessionStore) -> None:
+            alerts.raise_alert(kind, priority, message, session_id=session.id if session else None, data=data)
+
+        self.recorder.submit(f"alert {kind}", write)
 
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1
@@ -244,33 +269,52 @@ class Chair:
 
     # ------------------------------------------------------------------ sessions
 
-    def start_session(self, pseudonym: str, scenario: Optional[str], now: float) -> None:
-        """Start a session for a child profile (created with default caps if new).
+    def start_session(self, pseudonym: str, scenario: Optional[str], now: float,
+                      profile: Optional[Profile] = None) -> SessionHandle:
+        """Start a session for a child profile (created with default caps if new); control loop.
 
-        The controller may refuse (wrong state, unknown scenario): it is asked first, so a
-        refused start creates no profile and changes no cap.
+        ``profile`` is the child's stored profile, read by the caller off the control loop
+        (None: a new child). The controller may refuse (wrong state, unknown scenario): it is
+        asked first, so a refused start creates no profile and changes no cap. The profile and
+        session rows are written by the recorder; the handle gets the session's id then.
         """
-        profile = self.store.find_profile(pseudonym)
         caps = (profile.light_cap, profile.sound_cap, profile.vibration_cap) if profile else (1.0, 1.0, 1.0)
         child = ChildProfile(pseudonym, intensity_cap=max(caps), start_intensity=min(0.3, *caps),
                              preferred_scenario=(profile.preferred_scenario if profile else "") or "")
         events = self.controller.start(child, scenario, now)
-        profile = profile or self.store.create_profile(pseudonym)
         self.bank.set_caps(light=caps[0], sound=caps[1], vibration=caps[2])
-        self._session_id = self.store.start_session(profile.id, self.controller.scenario or "")
+        handle = SessionHandle(pseudonym)
+        scenario_name, started_at = self.controller.scenario or "", now_iso()
+
+        def write(store: SessionStore) -> None:
+            found = store.find_profile(pseudonym) or store.create_profile(pseudonym)
+            handle.profile_id = found.id
+            handle.id = store.start_session(found.id, scenario_name, started_at=started_at)
+            handle.recorded.set()
+
+        self.recorder.submit("session start", write)
+        self._session = handle
         self._accumulator = AffectSecondAccumulator(now)
         self._session_started = now
-        self.report.session_id = self._session_id
+        self.report.session = handle
         self._record(events)
+        return handle
 
     def _end_session(self, reason: str) -> None:
-        if self._session_id is not None:
-            if self._accumulator is not None:
-                row = self._accumulator.flush()
-                if row is not None:
-                    self.store.add_affect_second(self._session_id, row)
-            self.store.end_session(self._session_id, reason)
-            self._session_id = None
+        session, self._session = self._session, None
+        if session is None:
+            return
+        row = self._accumulator.flush() if self._accumulator is not None else None
+        ended_at = now_iso()
+
+        def write(store: SessionStore) -> None:
+            if session.id is None:
+                return  # its start was never written (the store was down all along)
+            if row is not None:
+                store.add_affect_second(session.id, row)
+            store.end_session(session.id, reason, ended_at=ended_at)
+
+        self.recorder.submit("session end", write)
 
     def _record(self, events: list[Event] | tuple[Event, ...]) -> None:
         for event in events:
@@ -279,12 +323,32 @@ class Chair:
             if data["state_from"] != data["state_to"]:
                 self._last_transition = {k: data[k] for k in ("kind", "state_from", "state_to", "reason")}
             log.info("controller.event", **{k: v for k, v in data.items() if k != "time"})
-            self.store.add_event(self._session_id, data["kind"], from_state=data["state_from"],
-                                 to_state=data["state_to"], reason=data["reason"], data=data["data"])
+            self._submit_event(data)
             if event.is_alert:
                 self._alert(data["kind"], data["priority"], event.reason, **data["data"])
             if event.kind in SESSION_ENDS:
                 self._end_session(data["kind"])
+
+    def _submit_event(self, data: dict[str, Any]) -> None:
+        session, at = self._session, now_iso()
+
+        def write(store: SessionStore) -> None:
+            store.add_event(session.id if session else None, data["kind"], from_state=data["state_from"],
+                            to_state=data["state_to"], reason=data["reason"], data=data["data"], time=at)
+
+        self.recorder.submit("event", write)
+
+    def _submit_row(self, kind: str, write_row: Callable[[SessionStore, int], None]) -> None:
+        """Queue a per-second row of the open session."""
+        session = self._session
+        if session is None:
+            return
+
+        def write(store: SessionStore) -> None:
+            if session.id is not None:
+                write_row(store, session.id)
+
+        self.recorder.submit(kind, write)
 
     # ------------------------------------------------------------------ control loop
 
@@ -302,14 +366,15 @@ class Chair:
             self._record(self.controller.fault(now, f"microcontroller link lost: {self._link_problems.popleft()}"))
         while self._vision_problems:  # no more readings will come: stop now, not at the reading timeout
             self._record(self.controller.fault(now, f"vision failed: {self._vision_problems.popleft()}"))
+        self._check_recorder(now)
         while self._readings:
             reading = self._readings.popleft()
             self.report.readings += 1
             self._record(self.controller.on_reading(reading, now))
-            if self._accumulator is not None and self._session_id is not None:
+            if self._accumulator is not None and self._session is not None:
                 row = self._accumulator.add(reading)
                 if row is not None:
-                    self.store.add_affect_second(self._session_id, row)
+                    self._submit_row("affect second", lambda store, sid, row=row: store.add_affect_second(sid, row))
         output = self.controller.tick(now)
         self._phase = output.phase
         self._record(output.events)
@@ -318,6 +383,19 @@ class Chair:
             levels = self.bank.apply(to_levels(output.targets), now)
             self._record_stimulus(levels, now)
         self.watchdog.kick()
+
+    def _check_recorder(self, now: float) -> None:
+        """A store unavailable too long (or rows dropped) faults the open session: it cannot be recorded."""
+        health = self.recorder.health()
+        if health.ok:
+            self._store_fault_raised = False
+            return
+        if self.recorder.should_fault and not self._store_fault_raised and self._session is not None:
+            self._store_fault_raised = True
+            why = (f"rows dropped: {health.dropped}" if health.dropped
+                   else f"unavailable for {health.outage_s:.0f} s: {health.error}")
+            self._alert(STORE_FAILED, "high", f"the session store failed ({why}); stimulation stopped")
+            self._record(self.controller.fault(now, f"the session record cannot be written ({why})"))
 
     def _follow_scenario_sound(self, sound: Any) -> None:
         """Switch the sound output when the scenario's phase asks for another sound."""
@@ -331,13 +409,13 @@ class Chair:
             self._sound_key = key
 
     def _record_stimulus(self, levels: StimulusLevels, now: float) -> None:
-        if self._session_id is None:
+        if self._session is None:
             return
         second = int(now - self._session_started)
         if second != self._last_stimulus_second:
             self._last_stimulus_second = second
-            self.store.add_stimulus_second(self._session_id, second, light=levels.light_brightness,
-                                           sound=levels.sound_volume, vibration=levels.vibration)
+            self._submit_row("stimulus second", lambda store, sid: store.add_stimulus_second(
+                sid, second, light=levels.light_brightness, sound=levels.sound_volume, vibration=levels.vibration))
 
     # ------------------------------------------------------------------ operator commands and status
 
@@ -357,9 +435,14 @@ class Chair:
         return None
 
     @property
+    def session(self) -> Optional[SessionHandle]:
+        """The open session, or None (owned by the control loop: read it there)."""
+        return self._session
+
+    @property
     def session_id(self) -> Optional[int]:
-        """The open session's id, or None (owned by the control loop: read it there)."""
-        return self._session_id
+        """The open session's store id, or None (also while its row is still being written)."""
+        return self._session.id if self._session is not None else None
 
     def call_in_control_loop(self, command: Callable[[float], tuple[Any, Any]], timeout_s: float) -> Any:
         """Run ``command(now)`` on the control-loop thread (the controller is not thread-safe); any thread.
@@ -404,7 +487,7 @@ class Chair:
 
     def _control_view(self, now: float) -> ControlView:
         return ControlView(now, self.controller.state.value, self.controller.scenario, self._phase,
-                           self.controller.intensity, self._session_id, self._last_transition, self._last_reading)
+                           self.controller.intensity, self._session, self._last_transition, self._last_reading)
 
     def _fail_pending_commands(self) -> None:
         while True:
@@ -424,11 +507,7 @@ class Chair:
         view = self._view or self._control_view(time.monotonic())  # before the loop runs: no race yet
         reading, levels, latch, camera = view.reading, self.bank.levels, self.latch, self.grabber.stats()
         reading_age = None if reading is None else max(0.0, view.time - reading.time)
-        session = None
-        if view.session_id is not None and self.store is not None:
-            profile_id = self.store.get_session(view.session_id).profile_id
-            session = {"id": view.session_id,
-                       "profile": self.store.get_profile(profile_id).pseudonym if profile_id is not None else None}
+        session = None if view.session is None else {"id": view.session.id, "profile": view.session.pseudonym}
         return {
             "state": view.state,
             "reason": view.transition["reason"] if view.transition else "",
@@ -455,6 +534,7 @@ class Chair:
                 "outputs": {"ok": not self.link_lost and not (self.bank.latched and not latch.latched),
                             "link_faults": self._link_faults, "latched_off": self.bank.latched,
                             "reason": self.bank.latch_reason},
+                "store": self.recorder.health().to_dict() if self.recorder is not None else {"ok": False},
                 "latch": {"ok": not latch.latched, "latched": latch.latched, "tripped_by": latch.tripped_by,
                           "tripped_at": latch.tripped_at, "trips": latch.trips},
             },
@@ -487,8 +567,8 @@ class Chair:
             vision.start()
             self.watchdog.start()
             self.health.start()
-            if profile:
-                self.start_session(profile, scenario, clock())
+            if profile:  # before the loop runs: reading the store here holds nothing up
+                self.start_session(profile, scenario, clock(), self.store.find_profile(profile))
             self.notifier.ready("relaxd running" + (" (simulation)" if is_simulation(self.settings) else ""))
             log.info("running", simulation=is_simulation(self.settings), camera=self.settings.camera.source)
             next_tick = clock()
@@ -510,6 +590,7 @@ class Chair:
             self.report.final_state = self.controller.state.value
             self._end_session("daemon_stopped")
             self.close(vision)
+            self.report.unwritten = self._unwritten
             restore_hooks()
             restore_signals()
         return self.report
@@ -529,6 +610,8 @@ class Chair:
         if self.estop_button is not None:
             self.estop_button.close()
         self.bank.close()
+        if self.recorder is not None and not self._unwritten:
+            self._unwritten = self.recorder.close(RECORDER_DRAIN_S)
         if self.alerts is not None:
             self.alerts.close()
         if self.store is not None:

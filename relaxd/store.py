@@ -32,7 +32,7 @@ import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
@@ -228,6 +228,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _sortable_time(stamp: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 # ---------------------------------------------------------------------------------------
 # Per-second accumulation
 
@@ -407,10 +415,17 @@ class SessionStore:
     def _error(self, exc: sqlite3.Error) -> StoreError:
         if isinstance(exc, sqlite3.IntegrityError):
             return InvalidRecordError(f"the session store {self.path} refused a value: {exc}")
-        return StoreError(
-            f"the session store {self.path} failed ({exc}): if it says 'malformed' or 'not a "
-            "database', stop relaxd, move the file aside and restart"
-        )
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            advice = ("another program holds the store's lock (a backup, or sqlite3 in a shell): let it finish "
+                      "or close it; relaxd keeps the rows queued meanwhile")
+        elif "full" in text:
+            advice = f"the disk holding {self.path} is full: free space (old reports, logs) and relaxd catches up"
+        elif "readonly" in text or "read-only" in text:
+            advice = f"{self.path} or its folder is read-only for the relaxd user: fix its owner or the mount"
+        else:
+            advice = "if it says 'malformed' or 'not a database', stop relaxd, move the file aside and restart"
+        return StoreError(f"the session store {self.path} failed ({exc}): {advice}")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -580,12 +595,35 @@ class SessionStore:
         return cur.rowcount == 1
 
     def close_unfinished_sessions(self, reason: str = "daemon_restarted") -> list[int]:
-        """At start-up: close sessions a crash left open, so none stays 'running' forever."""
-        stamp = now_iso()
+        """At start-up: close sessions a crash left open, so none stays 'running' forever.
+
+        Each is closed at the time of its last record (its newest event, or its start plus its
+        last recorded second), not at the restart, so its length stays true.
+        """
         with self._tx() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM sessions WHERE ended_at IS NULL")]
-            conn.execute("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL", (stamp, reason))
-        return ids
+            open_sessions = conn.execute("SELECT id, started_at FROM sessions WHERE ended_at IS NULL").fetchall()
+            for session_id, started_at in open_sessions:
+                conn.execute("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ?",
+                             (self._last_record_time(conn, session_id, started_at), reason, session_id))
+        return [row[0] for row in open_sessions]
+
+    @staticmethod
+    def _last_record_time(conn: sqlite3.Connection, session_id: int, started_at: str) -> str:
+        candidates = [started_at]
+        (last_event,) = conn.execute("SELECT MAX(time) FROM events WHERE session_id = ?", (session_id,)).fetchone()
+        if last_event:
+            candidates.append(last_event)
+        last_second = conn.execute(
+            "SELECT MAX(m) FROM (SELECT MAX(second) AS m FROM affect_seconds WHERE session_id = ? "
+            "UNION ALL SELECT MAX(second) FROM stimulus_seconds WHERE session_id = ?)",
+            (session_id, session_id)).fetchone()[0]
+        if last_second is not None:
+            try:
+                start = datetime.fromisoformat(started_at)
+                candidates.append((start + timedelta(seconds=last_second + 1)).isoformat(timespec="milliseconds"))
+            except ValueError:
+                pass
+        return max(candidates, key=_sortable_time)
 
     def get_session(self, session_id: int) -> SessionRecord:
         row = self._one("SELECT * FROM sessions WHERE id = ?", (session_id,))

@@ -150,9 +150,11 @@ def test_status_reports_state_outputs_affect_alarms_and_health(chair_at_idle):
     assert status["caps"] == chair.bank.caps
     assert status["affect"]["face_present"] is False and status["affect"]["age_s"] >= 0.0
     assert isinstance(status["alarms"], list)
-    assert set(status["health"]) == {"camera", "vision", "controller", "outputs", "latch"}
+    assert set(status["health"]) == {"camera", "vision", "controller", "outputs", "store", "latch"}
     latch = status["health"]["latch"]
     assert latch["ok"] and not latch["latched"] and latch["tripped_by"] is None
+    assert status["health"]["store"] == {"ok": True, "backlog": 0, "outage_s": 0.0, "error": None, "dropped": {},
+                                         "rejected": {}}
     assert status["health"]["controller"]["ok"] and status["health"]["vision"]["frames"] > 0
     assert status["simulation"] is True
 
