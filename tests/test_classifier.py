@@ -7,9 +7,13 @@ real interpreter; bad models and metadata must be refused with a helpful ModelEr
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,9 +30,11 @@ from relaxd.vision.classifier import (
     quantize,
     renormalise,
 )
-from relaxd.vision.model_meta import FER2013_LABELS, metadata_path
+from relaxd.vision.model_meta import FER2013_LABELS, load_metadata, metadata_path
 from relaxd.vision.preprocess import PreprocessSpec, face_to_input
 from relaxd.vision.runtime import RUNTIME_NAME, load_interpreter
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "relaxnet-fer2013.tflite"
 
 SIZE = modelkit.SIZE
 _inputs = modelkit.smooth_inputs
@@ -294,3 +300,57 @@ def test_default_model_path_reads_models_default(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "DEFAULT").write_text("relaxnet-int8.tflite\n", encoding="utf-8")
     assert default_model_path() == (tmp_path / "models" / "relaxnet-int8.tflite").resolve()
+
+
+def shipped_copy(tmp_path: Path) -> Path:
+    for suffix in (".tflite", ".json"):
+        shutil.copy(SHIPPED_MODEL.with_suffix(suffix), tmp_path / f"copy{suffix}")
+    return tmp_path / "copy.tflite"
+
+
+def edit_metadata(model: Path, edit) -> None:
+    path = metadata_path(model)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_metadata_with_reordered_labels_is_refused(tmp_path):
+    """The fault injector swapped angry and happy: the chair ran and halted on a happy face."""
+    model = shipped_copy(tmp_path)
+    labels = json.loads(metadata_path(model).read_text())["labels"]
+    swapped = [{"angry": "happy", "happy": "angry"}.get(label, label) for label in labels]
+    edit_metadata(model, lambda data: data.update(labels=swapped))
+    with pytest.raises(ModelError, match="edited after export.*contract_sha256"):
+        EmotionClassifier(model)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda data: data["preprocess"].update(crop_margin=0.3),
+    lambda data: data.update(quantization="float32"),
+    lambda data: data.update(sha256="0" * 64, contract_sha256=data["contract_sha256"]),
+], ids=["preprocess", "quantization", "file-digest"])
+def test_metadata_edits_to_the_sealed_contract_are_refused(tmp_path, edit):
+    model = shipped_copy(tmp_path)
+    edit_metadata(model, edit)
+    with pytest.raises(ModelError, match="sha256 differs|contract_sha256"):
+        EmotionClassifier(model)
+
+
+def test_metadata_without_a_contract_digest_is_refused_with_the_fix(tmp_path):
+    model = shipped_copy(tmp_path)
+    edit_metadata(model, lambda data: data.pop("contract_sha256"))
+    with pytest.raises(ModelError, match="no contract_sha256.*re-export"):
+        EmotionClassifier(model)
+
+
+def test_regrouping_in_the_metadata_is_not_sealed(tmp_path):
+    """Groups are the chair's choice (config); only labels and preprocessing are sealed."""
+    model = shipped_copy(tmp_path)
+
+    def surprise_negative(data):
+        data["groups"]["positive"].remove("surprise")
+        data["groups"]["negative"].append("surprise")
+
+    edit_metadata(model, surprise_negative)
+    assert load_metadata(model).group_of("surprise") == "negative"

@@ -3,13 +3,19 @@
 The daemon reads labels, their order, the negative/neutral/positive grouping and the
 preprocessing contract from here instead of hard-coding them; the training tool
 writes it. ``model.tflite`` is described by ``model.json`` (same stem).
+
+Two digests seal the pair: ``sha256`` is the ``.tflite`` file's, and ``contract_sha256``
+covers that digest together with the label order, the preprocessing contract and the
+quantization, so metadata edited after export (angry and happy swapped: a chair that halts
+on a happy face) is refused. The grouping is not sealed: a chair may regroup labels in its
+config, where that is validated.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +43,7 @@ class ModelMetadata:
     preprocess: PreprocessSpec
     quantization: str  # "int8" or "float32"
     sha256: str = ""
+    contract_sha256: str = ""
     placeholder: bool = False
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
@@ -76,6 +83,7 @@ class ModelMetadata:
             "preprocess": self.preprocess.to_dict(),
             "quantization": self.quantization,
             "sha256": self.sha256,
+            "contract_sha256": self.contract_sha256,
             "placeholder": self.placeholder,
             "training": dict(self.training),
             "metrics": dict(self.metrics),
@@ -94,6 +102,7 @@ class ModelMetadata:
                 preprocess=PreprocessSpec.from_dict(data["preprocess"]),
                 quantization=str(data["quantization"]),
                 sha256=str(data.get("sha256", "")),
+                contract_sha256=str(data.get("contract_sha256", "")),
                 placeholder=bool(data.get("placeholder", False)),
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
@@ -111,6 +120,13 @@ def metadata_path(model_path: Path) -> Path:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def contract_sha256(meta: ModelMetadata) -> str:
+    """The digest of what must not change after export: model file digest, label order, preprocessing."""
+    sealed = {"model_sha256": meta.sha256, "labels": list(meta.labels), "preprocess": meta.preprocess.to_dict(),
+              "quantization": meta.quantization}
+    return hashlib.sha256(json.dumps(sealed, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def load_metadata(model_path: Path) -> ModelMetadata:
@@ -134,10 +150,23 @@ def load_metadata(model_path: Path) -> ModelMetadata:
             f"model {model_path} does not match its metadata {meta_path} (sha256 differs): "
             "the file was replaced or corrupted; re-export both together"
         )
+    if not meta.contract_sha256:
+        raise ModelError(
+            f"model metadata {meta_path} has no contract_sha256, so its labels and preprocessing are not sealed "
+            "to the model: re-export the model with train-and-export export (it writes both)"
+        )
+    if contract_sha256(meta) != meta.contract_sha256:
+        raise ModelError(
+            f"model metadata {meta_path} was edited after export: its labels, their order, the preprocessing "
+            "or the quantization no longer match what the model was exported with (contract_sha256 differs). "
+            "Restore the exported JSON, or re-export; to regroup labels use the config, not this file"
+        )
     return meta
 
 
 def save_metadata(model_path: Path, meta: ModelMetadata) -> Path:
+    """Write ``meta`` beside the model, sealed with its ``contract_sha256``."""
+    meta = replace(meta, contract_sha256=contract_sha256(meta))
     path = metadata_path(model_path)
     path.write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path
