@@ -53,12 +53,23 @@ def _add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the YAML file to check (default: the global --config file)")
 
 
+def check_scenarios(settings: Settings) -> None:
+    """What the daemon checks at start beyond the file itself: the scenarios load, the default is one."""
+    from relaxd.control import load_scenarios
+
+    scenarios = load_scenarios(settings.control.scenarios_file or None)
+    if settings.control.default_scenario not in scenarios:
+        raise ConfigError(f"control.default_scenario {settings.control.default_scenario!r} is not a loaded "
+                          f"scenario; choose one of {sorted(scenarios)}")
+
+
 def check_config(args: argparse.Namespace) -> int:
     """Validate a config file; print ``FILE: OK`` and the settings that differ from the defaults."""
     path = args.file or args.config
     if path is None:
         raise ConfigError("check-config needs a file: relaxd check-config FILE (or relaxd --config FILE check-config)")
     settings = load_settings(path)
+    check_scenarios(settings)
     changed = changed_settings(settings)
     print(f"{path}: OK")
     if not changed:

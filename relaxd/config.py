@@ -82,6 +82,9 @@ class _Invalid(Exception):
 # --------------------------------------------------------------------------- loading
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read and validate the config file at ``path``.
 
@@ -91,6 +94,10 @@ def load_settings(path: str | Path) -> Settings:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_CONFIG_BYTES:  # refuse before parsing: YAML on 50 MB took minutes and gigabytes
+            raise ConfigError(f"config file {path} is {size / 1e6:.1f} MB; a relaxd config is a few KB "
+                              f"(at most {MAX_CONFIG_BYTES // 1024} KB): check that this is the right file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(

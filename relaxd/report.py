@@ -98,6 +98,8 @@ def resolve_session(store: SessionStore, spec: str | int) -> int:
         session_id = int(spec)
     except (TypeError, ValueError):
         raise ReportError(f"SESSION must be a session id (a whole number) or '{LATEST}', got {spec!r}") from None
+    if not 0 < session_id < 2**63:  # SQLite's integer range; a bigger number cannot be a session
+        raise UnknownSessionError(_unknown_session_message(store, session_id))
     try:
         store.get_session(session_id)
     except RecordNotFoundError:

@@ -178,6 +178,21 @@ class ActuatorSettings:
     all_off_lock_wait_s: float = ranged(0.05, 0.0, 1.0, "all-off waits at most this long for a running update before writing zeros anyway")
     history_len: int = ranged(1000, 10, 100000, "simulated outputs remember this many changes")
 
+    def problems(self) -> list[tuple[str, str]]:
+        """The serial link's timing rules (only when a serial backend is chosen)."""
+        if "serial" not in (self.light_backend, self.vibration_backend):
+            return []
+        found = []
+        if not self.serial_heartbeat_s < self.serial_link_timeout_s:
+            found.append(("serial_heartbeat_s", f"{self.serial_heartbeat_s:g} must be shorter than "
+                          f"actuators.serial_link_timeout_s ({self.serial_link_timeout_s:g}), or the link is "
+                          "declared lost between heartbeats"))
+        if not self.serial_heartbeat_s * 1000.0 < self.serial_deadman_ms:
+            found.append(("serial_heartbeat_s", f"{self.serial_heartbeat_s:g} s must be shorter than "
+                          f"actuators.serial_deadman_ms ({self.serial_deadman_ms} ms), or the firmware turns "
+                          "the outputs off between heartbeats"))
+        return found
+
 
 @dataclass(frozen=True)
 class IpcSettings:
@@ -230,3 +245,12 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     ipc: IpcSettings = field(default_factory=IpcSettings)
     panel: PanelSettings = field(default_factory=PanelSettings)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules across sections, as (dotted key, message)."""
+        found = []
+        if not self.panel.request_timeout_s > self.ipc.command_timeout_s:
+            found.append(("panel.request_timeout_s", f"{self.panel.request_timeout_s:g} must be longer than "
+                          f"ipc.command_timeout_s ({self.ipc.command_timeout_s:g}), or the panel gives up on "
+                          "commands the daemon is still carrying out"))
+        return found

@@ -82,6 +82,14 @@ def test_check_config_bad_file_exits_2_with_every_error(bad_file, capsys):
     assert f"{bad_file}:4: detector.pick:" in captured.err and "did you mean 'largest'?" in captured.err
 
 
+def test_check_config_refuses_a_default_scenario_the_daemon_would_refuse(tmp_path, capsys):
+    path = tmp_path / "relaxd.yaml"
+    path.write_text("control:\n  default_scenario: moon-walk\n", encoding="utf-8")
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "control.default_scenario 'moon-walk' is not a loaded scenario" in err and "calm-sea" in err
+
+
 def test_check_config_missing_file(tmp_path, capsys):
     assert cli.main(["check-config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err

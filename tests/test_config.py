@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import dataclasses
 import os
 import textwrap
@@ -311,6 +312,17 @@ def test_missing_file(tmp_path):
     assert str(missing) in str(caught.value)
 
 
+def test_a_huge_config_is_refused_before_it_is_parsed(tmp_path):
+    """A 50 MB file took 171 s and 3.6 GB before it was refused; the size check comes first."""
+    path = tmp_path / "huge.yaml"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("camera:\n")
+        for i in range(60_000):
+            handle.write(f"  # padding line {i:08d} of a file that is far too big for a chair config\n")
+    with pytest.raises(ConfigError, match=r"huge\.yaml is \d+\.\d MB.*right file"):
+        load_settings(path)
+
+
 def test_directory_instead_of_file(tmp_path):
     with pytest.raises(ConfigError, match="is a directory"):
         load_settings(tmp_path)
@@ -399,3 +411,25 @@ def test_flatten_and_changed_settings():
     assert flat["camera.fps"] == 30.0
     assert changed_settings(Settings()) == {}
     assert changed_settings(parse("affect:\n  method: majority\n")) == {"affect.method": "majority"}
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("actuators:\n  light_backend: serial\n  serial_heartbeat_s: 2.0\n  serial_link_timeout_s: 1.5\n",
+     "actuators.serial_heartbeat_s", "serial_link_timeout_s"),
+    ("actuators:\n  vibration_backend: serial\n  serial_heartbeat_s: 2.0\n  serial_link_timeout_s: 3.0\n",
+     "actuators.serial_heartbeat_s", "serial_deadman_ms"),
+    ("ipc:\n  command_timeout_s: 5.0\npanel:\n  request_timeout_s: 3.0\n",
+     "panel.request_timeout_s", "ipc.command_timeout_s"),
+], ids=["heartbeat-vs-link-timeout", "heartbeat-vs-deadman", "panel-vs-ipc-timeout"])
+def test_rules_across_fields_are_config_errors_where_check_config_sees_them(tmp_path, text, key, words):
+    """check-config passed files the daemon then rejected (or ran badly with)."""
+    path = tmp_path / "relaxd.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}.*{re.escape(words)}"):
+        load_settings(path)
+
+
+def test_the_serial_rules_do_not_apply_without_a_serial_backend(tmp_path):
+    path = tmp_path / "relaxd.yaml"
+    path.write_text("actuators:\n  serial_heartbeat_s: 2.0\n  serial_link_timeout_s: 1.5\n", encoding="utf-8")
+    assert load_settings(path).actuators.serial_heartbeat_s == 2.0

@@ -320,6 +320,9 @@ def test_report_writes_png_and_csv_beside_the_socket_for_latest_and_by_id(chair_
 
     missing = refused(path, "report", session=999999)
     assert missing.code == NOT_FOUND and "no session 999999" in missing.message and "latest" in missing.message
+    huge = refused(path, "report", session=10**30)  # used to answer 'internal' (SQLite's integer overflow)
+    assert huge.code == NOT_FOUND and "no session" in huge.message
+    assert refused(path, "report", session=-3).code == NOT_FOUND
     assert refused(path, "report", session="yesterday").code == BAD_ARGS
     assert refused(path, "report").code == BAD_ARGS
     assert refused(path, "report", session=True).code == BAD_ARGS

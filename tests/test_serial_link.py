@@ -274,7 +274,7 @@ def test_heartbeat_must_be_shorter_than_the_timeouts():
         SerialLink("/dev/null", heartbeat_s=2.0, link_timeout_s=1.0)
     settings = ActuatorSettings(light_backend="serial", serial_heartbeat_s=2.0, serial_deadman_ms=1500,
                                 serial_link_timeout_s=3.0)
-    with pytest.raises(ConfigError, match="actuators.serial_deadman_ms"):
+    with pytest.raises(ConfigError, match="actuators.serial_heartbeat_s.*actuators.serial_deadman_ms"):
         build_bank(settings)
 
 
