@@ -177,10 +177,10 @@ class SessionRecorder:
                 self._rejected[kind] += 1
                 return
             except StoreError as error:
+                self._error = str(error)  # before the outage shows, so health never has one without the other
                 if self._outage_since is None:
                     self._outage_since = self._clock()
                     log.error("recorder.store_unavailable", kind=kind, error=str(error))
-                self._error = str(error)
                 with self._wake:
                     self._wake.wait(delay)  # close() wakes it
                 delay = min(delay * 2, RETRY_MAX_S)
