@@ -187,6 +187,8 @@ def _convert(hint: Any, field: dataclasses.Field, node: yaml.Node, path: str, ct
     """Turn one value node into a value of type ``hint``, or raise ``_Invalid``."""
     if dataclasses.is_dataclass(hint):
         return _load_dataclass(hint, node, path, ctx)
+    if hint == tuple[str, ...]:
+        return _convert_names(node, ctx)
     if hint not in (bool, int, float, str):
         raise TypeError(f"relaxd.config cannot load {path} of type {hint!r}; add it to _convert")
     expected = _describe_allowed(hint, field)
@@ -209,6 +211,23 @@ def _convert(hint: Any, field: dataclasses.Field, node: yaml.Node, path: str, ct
         raise _Invalid(f"expected {expected}, got {_node_kind(node, ctx.loader)}{hint_text}")
     _check_constraints(value, node.value, field)
     return value
+
+
+def _convert_names(node: yaml.Node, ctx: _Context) -> tuple[str, ...]:
+    """A YAML list of names (``[angry, sad]``); empty or null is the empty list."""
+    if _is_null(node):
+        return ()
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(f"expected a list of names such as [angry, sad], got {_node_kind(node, ctx.loader)}")
+    names = []
+    for item in node.value:
+        value = _construct(item, ctx.loader) if isinstance(item, yaml.ScalarNode) else None
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(f"expected a list of names such as [angry, sad], but an item is {_node_kind(item, ctx.loader)}")
+        if value in names:
+            raise _Invalid(f"{value!r} is listed twice")
+        names.append(value)
+    return tuple(names)
 
 
 def _check_constraints(value: Any, written: str, field: dataclasses.Field) -> None:
@@ -318,6 +337,10 @@ def _emit(obj: Any, depth: int, lines: list[str], comments: bool) -> None:
             continue
         if comments:
             lines += _comment(_describe_field(hints[field.name], field, value), pad)
+        if isinstance(value, tuple):  # a list of names, on one line: negative_labels: [angry, sad]
+            listed = yaml.safe_dump(list(value), default_flow_style=True, allow_unicode=True, width=10_000)
+            lines.append(f"{pad}{field.name}: {listed.strip()}")
+            continue
         dumped = yaml.safe_dump({field.name: value}, sort_keys=False, allow_unicode=True, width=10_000)
         lines += [pad + line for line in dumped.splitlines()]
 
@@ -339,7 +362,8 @@ def _describe_allowed(hint: Any, field: dataclasses.Field) -> str:
     """What a value must be, e.g. 'a number from 1.0 to 120.0' or 'one of: a, b'."""
     if "choices" in field.metadata:
         return "one of: " + ", ".join(field.metadata["choices"])
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(hint, repr(hint))
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+            tuple[str, ...]: "a list of names"}.get(hint, repr(hint))
     if "range" in field.metadata:
         low, high = field.metadata["range"]
         return f"{kind} from {low} to {high}"

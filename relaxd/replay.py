@@ -27,6 +27,7 @@ from relaxd.affect import AffectAggregator, AffectReading
 from relaxd.capture import FrameSource, open_source
 from relaxd.errors import CaptureError
 from relaxd.settings import Settings
+from relaxd.vision.model_meta import GROUPS
 from relaxd.vision.pipeline import FrameResult, VisionPipeline
 
 CLIP_WINDOW_FRAMES = 10 ** 7  # longer than any clip: about four days at 30 frames/s
@@ -43,6 +44,7 @@ class ReplaySummary:
     seconds: float = 0.0
     labels: Counter = field(default_factory=Counter)
     groups: Counter = field(default_factory=Counter)
+    decisions: Counter = field(default_factory=Counter)  # per face frame: the chair's group decision
     stage_ms: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     clip: AffectReading | None = None  # the affect rule over every frame of the clip
@@ -63,6 +65,7 @@ class ReplaySummary:
             "stage_ms": self.stage_ms,
             "labels": dict(self.labels),
             "groups": dict(self.groups),
+            "decisions": dict(self.decisions),
             "clip": self.clip.to_dict() if self.clip is not None else None,
             "timeline": self.timeline,
         }
@@ -73,6 +76,7 @@ class ReplaySummary:
             f"({100.0 * self.frames_with_face / max(1, self.frames):.1f}%), {self.fps:.1f} frames/s",
             "stage ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in self.stage_ms.items()),
             "per-frame labels: " + ", ".join(f"{k} {v}" for k, v in self.labels.most_common()),
+            "per-frame decisions: " + ", ".join(f"{k} {v}" for k, v in self.decisions.most_common()),
             "affect readings: " + ", ".join(f"{k} {v}" for k, v in self.groups.most_common()),
             "whole clip: " + describe_verdict(self.clip),
         ]
@@ -136,7 +140,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
     summary = ReplaySummary(video=str(video), model=str(pipeline.classifier.model_path))
     # The same rule as the live window, over the whole clip: any face frame counts.
     whole_clip = AffectAggregator(replace(settings.affect, window_frames=CLIP_WINDOW_FRAMES, min_face_share=0.0),
-                                  pipeline.classifier.metadata)
+                                  pipeline.classifier.metadata, pipeline.aggregator.decision)
     writer = None
     csv_handle = None
     csv_writer = None
@@ -153,6 +157,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
             if result.box is not None:
                 summary.frames_with_face += 1
                 summary.labels[labels[int(np.argmax(result.probabilities))]] += 1
+                summary.decisions[GROUPS[pipeline.aggregator.decision.decide_one(result.probabilities)]] += 1
             summary.groups[result.reading.group] += 1
             whole_clip.add(result.probabilities)
             summary.timeline.append({"frame": index, "face_in_frame": result.box is not None,

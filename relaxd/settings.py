@@ -25,6 +25,11 @@ def text(default: str, doc: str = ""):
     return field(default=default, metadata={"doc": doc})
 
 
+def labels(doc: str = ""):
+    """A list of model label names (empty by default)."""
+    return field(default=(), metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class CameraSettings:
     source: str = text("demo", "picamera | usb:N (V4L2 index) | a video file path | rtsp/http URL | demo")
@@ -76,6 +81,34 @@ class AffectSettings:
     threshold: float = ranged(0.15, 0.0, 1.0, "threshold rule: share of window frames a non-neutral label needs")
     ema_alpha: float = ranged(0.3, 0.01, 1.0, "ema: weight of the newest frame")
     min_face_share: float = ranged(0.5, 0.0, 1.0, "fewer face frames than this share of the window = no face")
+    negative_weight: float = ranged(0.0, 0.0, 10.0, "each frame is negative when this weight times P(negative) "
+                                    "beats P(neutral) and P(positive): a missed negative costs more than a false "
+                                    "one; 0 = the weight the model was shipped with (chosen on FER2013 val)")
+    negative_labels: tuple[str, ...] = labels("the model's labels that count as negative; all three lists "
+                                              "empty = the model's grouping (surprise is negative)")
+    neutral_labels: tuple[str, ...] = labels("... that count as neutral")
+    positive_labels: tuple[str, ...] = labels("... that count as positive")
+
+    def groups(self) -> dict[str, tuple[str, ...]] | None:
+        """The configured grouping, or None to keep the model's."""
+        if not (self.negative_labels or self.neutral_labels or self.positive_labels):
+            return None
+        return {"negative": self.negative_labels, "neutral": self.neutral_labels, "positive": self.positive_labels}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.groups() is None:
+            return []
+        found: list[tuple[str, str]] = []
+        seen: dict[str, str] = {}
+        for key in ("negative_labels", "neutral_labels", "positive_labels"):
+            if not getattr(self, key):
+                found.append((key, "empty while another of negative_labels, neutral_labels, positive_labels is "
+                                   "set: give all three (every label of the model in exactly one), or none"))
+            for label in getattr(self, key):
+                if label in seen:
+                    found.append((key, f"{label!r} is also in {seen[label]}: put each label in one group"))
+                seen[label] = key
+        return found
 
 
 @dataclass(frozen=True)

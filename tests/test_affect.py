@@ -12,6 +12,7 @@ import pytest
 from relaxd.affect import AffectAggregator, AffectReading
 from relaxd.errors import ConfigError, ModelError
 from relaxd.settings import AffectSettings
+from relaxd.vision.decision import GroupDecision
 from relaxd.vision.model_meta import FER2013_GROUPS, FER2013_LABELS, ModelMetadata
 from relaxd.vision.preprocess import PreprocessSpec
 
@@ -80,12 +81,19 @@ def test_threshold_denominator_is_face_frames_not_all_frames():
     assert reading.confidence == pytest.approx(0.2)
 
 
-def test_threshold_without_neutral_frames_falls_back_to_the_most_frequent_label():
-    # threshold 0.5 of 10: none of happy 4, sad 3, angry 3 reaches it, and no neutral occurs.
-    reading = feed(aggregator(method="threshold", threshold=0.5, window_frames=10),
-                   ["sad", "happy", "angry"] * 3 + ["happy"])
+def test_threshold_without_neutral_frames_falls_back_to_the_most_frequent_group():
+    # threshold 0.8 of 10: positive 7 does not reach it, and no neutral occurs.
+    reading = feed(aggregator(method="threshold", threshold=0.8, window_frames=10),
+                   ["sad", "happy", "happy"] * 3 + ["happy"])
     assert (reading.group, reading.label) == ("positive", "happy")
-    assert reading.confidence == pytest.approx(0.4)
+    assert reading.confidence == pytest.approx(0.7)
+
+
+def test_frames_vote_by_group_so_mixed_negative_labels_add_up():
+    # happy 4, sad 3, angry 3: by labels happy would win; by groups negative has 6 of 10.
+    reading = feed(aggregator(method="majority", window_frames=10), ["sad", "happy", "angry"] * 3 + ["happy"])
+    assert (reading.group, reading.label) == ("negative", "angry")  # angry and sad tie: the earlier label
+    assert reading.confidence == pytest.approx(0.6)
 
 
 def test_threshold_picks_the_most_frequent_non_neutral_label():
@@ -94,14 +102,14 @@ def test_threshold_picks_the_most_frequent_non_neutral_label():
     assert (reading.group, reading.label) == ("negative", "fear")
 
 
-def test_ties_go_to_the_higher_mean_probability_whatever_the_arrival_order():
-    confident_sad = [probs("sad", 0.9)] * 3
-    unsure_angry = [probs("angry", 0.5)] * 3
-    settings = dict(method="threshold", threshold=0.2, window_frames=12)
-    for order in (confident_sad + unsure_angry, unsure_angry + confident_sad):
-        reading = feed(aggregator(**settings), ["neutral"] * 6 + order)
-        assert reading.label == "sad"
-        assert reading.confidence == pytest.approx(0.25)
+def test_group_ties_go_to_the_higher_mean_weighted_probability_whatever_the_arrival_order():
+    confident_happy = [probs("happy", 0.95)] * 3
+    unsure_negative = [probs("sad", 0.2, "fear", 0.2)] * 3  # P(negative) 0.76 per frame, above the rest
+    settings = dict(method="threshold", threshold=0.9, window_frames=6)  # neither reaches 0.9; no neutral
+    for order in (confident_happy + unsure_negative, unsure_negative + confident_happy):
+        assert feed(aggregator(**settings), order).group == "positive"  # mean P: 0.54 against 0.40
+        weighted = AffectAggregator(AffectSettings(**settings), FER, GroupDecision.for_model(FER, 2.0))
+        assert feed(weighted, order).group == "negative"  # 2 x 0.40 beats 0.54
 
 
 def test_full_ties_go_to_the_earlier_label_in_the_model_order():
@@ -156,7 +164,7 @@ def test_ema_converges_towards_a_new_steady_input():
     assert confidences, "the smoothed winner never became happy"
     assert confidences == sorted(confidences)  # rises steadily ...
     assert confidences[-1] == pytest.approx(0.9, abs=1e-4)  # ... to the steady input
-    assert reading.group_scores["positive"] == pytest.approx(0.9 + 0.1 / 6, abs=1e-4)
+    assert reading.group_scores["positive"] == pytest.approx(0.9, abs=1e-4)  # happy is the positive group
 
 
 def test_ema_damps_a_single_frame_flicker():
@@ -249,7 +257,7 @@ def test_wrong_length_probabilities_raise_naming_both_sizes():
 
 
 def test_unnormalised_int8_style_outputs_are_scaled():
-    reading = aggregator(method="ema").update(0.0, probs("sad", 0.8) * 0.98)
+    reading = aggregator(method="ema").update(0.0, probs("happy", 0.8) * 0.98)
     assert reading.confidence == pytest.approx(0.8)
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,8 @@ import modelkit
 import pytest
 import structlog
 
-from relaxd.errors import ModelError
+from relaxd.errors import ConfigError, ModelError
+from relaxd.settings import AffectSettings
 from relaxd.vision import classifier as classifier_module
 from relaxd.vision.classifier import (
     EmotionClassifier,
@@ -30,7 +32,8 @@ from relaxd.vision.classifier import (
     quantize,
     renormalise,
 )
-from relaxd.vision.model_meta import FER2013_LABELS, load_metadata, metadata_path
+from relaxd.vision.decision import GroupDecision, configured_decision
+from relaxd.vision.model_meta import FER2013_LABELS, GROUPS, load_metadata, metadata_path
 from relaxd.vision.preprocess import PreprocessSpec, face_to_input
 from relaxd.vision.runtime import RUNTIME_NAME, load_interpreter
 
@@ -344,13 +347,31 @@ def test_metadata_without_a_contract_digest_is_refused_with_the_fix(tmp_path):
         EmotionClassifier(model)
 
 
-def test_regrouping_in_the_metadata_is_not_sealed(tmp_path):
-    """Groups are the chair's choice (config); only labels and preprocessing are sealed."""
+def test_regrouping_in_the_metadata_is_refused_and_the_config_regroups(tmp_path):
+    """Groups and the negative weight are sealed; a chair regroups in its config (affect.*_labels)."""
     model = shipped_copy(tmp_path)
 
-    def surprise_negative(data):
-        data["groups"]["positive"].remove("surprise")
-        data["groups"]["negative"].append("surprise")
+    def surprise_positive(data):
+        data["groups"]["negative"].remove("surprise")
+        data["groups"]["positive"].append("surprise")
 
-    edit_metadata(model, surprise_negative)
-    assert load_metadata(model).group_of("surprise") == "negative"
+    edit_metadata(model, surprise_positive)
+    with pytest.raises(ModelError, match="groups.*config"):
+        load_metadata(model)
+    (tmp_path / "fresh").mkdir()
+    meta = load_metadata(shipped_copy(tmp_path / "fresh"))
+    assert meta.group_of("surprise") == "negative"  # the shipped grouping (issue 14)
+    configured = configured_decision(replace(AffectSettings(), negative_labels=("angry", "disgust", "fear", "sad"),
+                                             neutral_labels=("neutral",), positive_labels=("happy", "surprise")), meta)
+    surprised = np.array([0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.9])
+    assert GROUPS[configured.decide_one(surprised)] == "positive"
+    assert GROUPS[GroupDecision.for_model(meta).decide_one(surprised)] == "negative"
+
+
+def test_a_config_grouping_that_misses_or_invents_a_label_names_the_keys(tmp_path):
+    meta = load_metadata(shipped_copy(tmp_path))
+    for negative in (("angry", "disgust", "fear"), ("angry", "disgust", "fear", "sad", "scared")):
+        affect = replace(AffectSettings(), negative_labels=negative, neutral_labels=("neutral",),
+                         positive_labels=("happy", "surprise"))
+        with pytest.raises(ConfigError, match="affect.negative_labels.*(in no group: sad|not labels of the model: scared)"):
+            configured_decision(affect, meta)

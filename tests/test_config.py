@@ -100,6 +100,10 @@ def test_full_valid_file():
           threshold: 0.1
           ema_alpha: 0.5
           min_face_share: 0.25
+          negative_weight: 2
+          negative_labels: [angry, disgust, fear, sad]
+          neutral_labels: [neutral]
+          positive_labels: [happy, surprise]
         logging:
           level: debug
           format: json
@@ -111,6 +115,7 @@ def test_full_valid_file():
     assert settings.detector.pick == "central" and settings.detector.cascade == "/opt/cascades/face.xml"
     assert settings.classifier.threads == 2
     assert settings.affect.method == "ema" and settings.affect.ema_alpha == 0.5
+    assert settings.affect.negative_weight == 2.0 and settings.affect.positive_labels == ("happy", "surprise")
     assert settings.logging.level == "debug" and settings.logging.format == "json"
     written = ("camera.", "detector.", "classifier.", "affect.", "logging.")
     assert len(changed_settings(settings)) == len([p for p in every_field_path() if p.startswith(written)])

@@ -78,17 +78,18 @@ def test_human_summary(clip, tiny_model, capsys):
 
 def test_the_whole_clip_gets_one_verdict_by_the_threshold_rule(clip, tiny_model, capsys):
     summary = replay_json(capsys, str(clip), "--model", str(tiny_model))
-    verdict, counts, faces = summary["clip"], summary["labels"], summary["frames_with_face"]
+    verdict, decisions, faces = summary["clip"], summary["decisions"], summary["frames_with_face"]
     assert verdict["face_present"] and verdict["face_frames"] == faces and verdict["frames"] == summary["frames"]
-    # By hand: the most frequent non-neutral label wins with at least 15% of the face frames
-    # (affect.threshold's default), else neutral does.
-    non_neutral = {label: n for label, n in counts.items() if label != "neutral"}
+    assert sum(decisions.values()) == faces
+    # By hand, over the per-frame group decisions: the more frequent non-neutral group wins with
+    # at least 15% of the face frames (affect.threshold's default), else neutral does.
+    non_neutral = {group: n for group, n in decisions.items() if group != "neutral"}
     best = max(non_neutral.values(), default=0)
-    if best >= 0.15 * faces or "neutral" not in counts:
-        assert counts[verdict["label"]] == best
+    if best >= 0.15 * faces or "neutral" not in decisions:
+        assert decisions[verdict["group"]] == best
     else:
-        assert verdict["label"] == "neutral"
-    assert verdict["confidence"] == pytest.approx(counts[verdict["label"]] / faces)
+        assert verdict["group"] == "neutral"
+    assert verdict["confidence"] == pytest.approx(decisions[verdict["group"]] / faces)
 
 
 def test_a_clip_without_a_face_has_no_verdict(tmp_path, tiny_model, capsys):

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
-from relaxd.vision.model_meta import FER2013_GROUPS, FER2013_LABELS, file_sha256, load_metadata
+from relaxd.vision.model_meta import (FER2013_GROUPS, FER2013_LABELS, SURPRISE_POSITIVE_GROUPS, file_sha256,
+                                      load_metadata)
 from relaxd.vision.preprocess import PreprocessSpec
 from relaxd_train.cli import main
 from relaxd_train.data import (
@@ -292,7 +293,7 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     labels = FER2013_LABELS  # angry disgust fear happy neutral sad surprise
     y_true = [0, 0, 0, 3, 3, 3, 3, 4, 4, 5, 6, 6]
     y_pred = [0, 5, 4, 3, 3, 6, NO_FACE, 4, 3, 0, 6, 3]
-    m = compute_metrics(y_true, y_pred, labels, FER2013_GROUPS)
+    m = compute_metrics(y_true, y_pred, labels, SURPRISE_POSITIVE_GROUPS)
     expected = np.zeros((7, 7), dtype=int)
     for t, p in [(0, 0), (0, 5), (0, 4), (3, 3), (3, 3), (3, 6), (4, 4), (4, 3), (5, 0), (6, 6), (6, 3)]:
         expected[t, p] += 1
@@ -498,8 +499,17 @@ def test_warm_restart_refuses_another_architecture(trained_run, split_data, tmp_
 @pytest.mark.slow
 def test_export_writes_int8_model_and_metadata(exported, trained_run, split_data):
     meta = load_metadata(exported)
-    assert sorted(p.name for p in exported.parent.iterdir()) == ["tiny.json", "tiny.tflite"]
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["tiny-tradeoff.png", "tiny.json", "tiny.tflite"]
     assert meta.name == "tiny" and meta.version == "0.0.1-test"
+    # The negative weight was chosen on val by the card's rule, through the exported file.
+    decision = meta.decision
+    assert decision["chosen_on"] == "val" and len(decision["sweep"]) == 17
+    baseline = decision["sweep"][0]
+    assert baseline["weight"] == 1.0
+    chosen = next(p for p in decision["sweep"] if p["weight"] == meta.negative_weight)
+    assert chosen["accuracy_3"] >= baseline["accuracy_3"] - 0.005
+    assert all(p["accuracy_3"] < baseline["accuracy_3"] - 0.005
+               for p in decision["sweep"] if p["weight"] > meta.negative_weight)
     assert meta.quantization == "int8" and meta.sha256 == file_sha256(exported)
     assert meta.labels == FER2013_LABELS
     assert {g: tuple(v) for g, v in meta.groups.items()} == FER2013_GROUPS

@@ -5,10 +5,15 @@ preprocessing contract from here instead of hard-coding them; the training tool
 writes it. ``model.tflite`` is described by ``model.json`` (same stem).
 
 Two digests seal the pair: ``sha256`` is the ``.tflite`` file's, and ``contract_sha256``
-covers that digest together with the label order, the preprocessing contract and the
-quantization, so metadata edited after export (angry and happy swapped: a chair that halts
-on a happy face) is refused. The grouping is not sealed: a chair may regroup labels in its
-config, where that is validated.
+covers that digest together with the label order, the grouping, the decision's negative
+weight, the preprocessing contract and the quantization, so metadata edited after export
+(angry and happy swapped: a chair that halts on a happy face) is refused. A chair regroups
+labels or changes the weight in its config (``affect``), where that is validated.
+
+The shipped grouping puts surprise with the negative labels (product decision, issue 14):
+a startled child never gets more stimulation, and on children's faces fear reads as
+surprise half of the time. ``SURPRISE_POSITIVE_GROUPS`` is the older grouping, kept so
+``evaluate`` can report both.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ FORMAT = "relaxd-model/1"
 GROUPS = ("negative", "neutral", "positive")
 FER2013_LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 FER2013_GROUPS = {
+    "negative": ("angry", "disgust", "fear", "sad", "surprise"),
+    "neutral": ("neutral",),
+    "positive": ("happy",),
+}
+SURPRISE_POSITIVE_GROUPS = {
     "negative": ("angry", "disgust", "fear", "sad"),
     "neutral": ("neutral",),
     "positive": ("happy", "surprise"),
@@ -47,6 +57,17 @@ class ModelMetadata:
     placeholder: bool = False
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    #: ``negative_weight`` of the per-frame decision (``relaxd.vision.decision``) and how it was chosen
+    decision: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def negative_weight(self) -> float:
+        """The shipped weight of the negative group (1.0, the plain group argmax, when none is written)."""
+        return float(self.decision.get("negative_weight", 1.0))
+
+    def regrouped(self, groups: Mapping[str, tuple[str, ...]]) -> "ModelMetadata":
+        """This model with another grouping of its labels (validated like the shipped one)."""
+        return replace(self, groups={group: tuple(groups[group]) for group in GROUPS})
 
     def __post_init__(self) -> None:
         if len(set(self.labels)) != len(self.labels) or not self.labels:
@@ -59,6 +80,10 @@ class ModelMetadata:
                 "model metadata groups must place every label in exactly one group: "
                 f"labels {sorted(self.labels)}, grouped {sorted(grouped)}"
             )
+        weight = self.decision.get("negative_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight <= 10.0:
+            raise ModelError(f"model metadata decision.negative_weight must be a number above 0 and at most 10, "
+                             f"got {weight!r}")
         if self.quantization not in ("int8", "float32"):
             raise ModelError(f"model metadata quantization must be int8 or float32, got {self.quantization!r}")
 
@@ -87,6 +112,7 @@ class ModelMetadata:
             "placeholder": self.placeholder,
             "training": dict(self.training),
             "metrics": dict(self.metrics),
+            "decision": dict(self.decision),
         }
 
     @classmethod
@@ -106,6 +132,7 @@ class ModelMetadata:
                 placeholder=bool(data.get("placeholder", False)),
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
+                decision=dict(data.get("decision", {})),
             )
         except KeyError as missing:
             raise ModelError(f"{source}: required key {missing} is missing") from None
@@ -123,9 +150,12 @@ def file_sha256(path: Path) -> str:
 
 
 def contract_sha256(meta: ModelMetadata) -> str:
-    """The digest of what must not change after export: model file digest, label order, preprocessing."""
+    """The digest of what must not change after export: the model file's digest, labels and their
+    groups, the decision's weight, preprocessing and quantization."""
     sealed = {"model_sha256": meta.sha256, "labels": list(meta.labels), "preprocess": meta.preprocess.to_dict(),
-              "quantization": meta.quantization}
+              "quantization": meta.quantization,
+              "groups": {group: list(meta.groups[group]) for group in GROUPS},
+              "negative_weight": meta.negative_weight}
     return hashlib.sha256(json.dumps(sealed, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
@@ -157,8 +187,8 @@ def load_metadata(model_path: Path) -> ModelMetadata:
         )
     if contract_sha256(meta) != meta.contract_sha256:
         raise ModelError(
-            f"model metadata {meta_path} was edited after export: its labels, their order, the preprocessing "
-            "or the quantization no longer match what the model was exported with (contract_sha256 differs). "
+            f"model metadata {meta_path} was edited after export: its labels, their order or groups, the "
+            "negative weight, the preprocessing or the quantization no longer match what the model was exported with (contract_sha256 differs). "
             "Restore the exported JSON, or re-export; to regroup labels use the config, not this file"
         )
     return meta

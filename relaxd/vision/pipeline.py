@@ -15,6 +15,7 @@ import numpy as np
 from relaxd.affect import AffectAggregator, AffectReading
 from relaxd.settings import Settings
 from relaxd.vision.classifier import EmotionClassifier
+from relaxd.vision.decision import configured_decision
 from relaxd.vision.detector import FaceDetector
 from relaxd.vision.preprocess import Box, face_to_input
 
@@ -59,7 +60,8 @@ class VisionPipeline:
     def from_settings(cls, settings: Settings) -> "VisionPipeline":
         classifier = EmotionClassifier.from_settings(settings.classifier)
         detector = FaceDetector(settings.detector)
-        return cls(detector, classifier, AffectAggregator(settings.affect, classifier.metadata))
+        decision = configured_decision(settings.affect, classifier.metadata)
+        return cls(detector, classifier, AffectAggregator(settings.affect, classifier.metadata, decision))
 
     def process(self, frame: np.ndarray, now: float, index: int = 0) -> FrameResult:
         """Run one frame through the path; ``now`` is the frame's monotonic (or video) time."""

@@ -27,9 +27,11 @@ class AugmentSettings:
     rotation_deg: float = 10.0
     translation: float = 0.1
     zoom: float = 0.1
+    aspect: float = 0.0  # e.g. 0.15: stretch the height alone by up to 15% (children's face proportions)
     shear: float = 0.1
     brightness: float = 0.2
     contrast: float = 0.25
+    lighting: float = 0.0  # e.g. 0.3: light falling from one side, up to 30% brighter there than opposite
     blur_probability: float = 0.0
     jpeg_quality_min: int = 0  # e.g. 40 to re-encode at quality 40..95
     noise_std: float = 0.0
@@ -41,8 +43,9 @@ class AugmentSettings:
 
     @classmethod
     def none(cls) -> "AugmentSettings":
-        return cls(flip=False, rotation_deg=0, translation=0, zoom=0, shear=0, brightness=0, contrast=0,
-                   blur_probability=0, jpeg_quality_min=0, noise_std=0, erasing_probability=0)
+        return cls(flip=False, rotation_deg=0, translation=0, zoom=0, aspect=0, shear=0, brightness=0,
+                   contrast=0, lighting=0, blur_probability=0, jpeg_quality_min=0, noise_std=0,
+                   erasing_probability=0)
 
 
 def random_erasing(images: tf.Tensor, probability: float) -> tf.Tensor:
@@ -65,6 +68,20 @@ def random_erasing(images: tf.Tensor, probability: float) -> tf.Tensor:
     mask = inside & apply[:, None, None]
     fill = tf.random.uniform(tf.shape(images), tf.reduce_min(images), tf.reduce_max(images))
     return tf.where(mask[..., tf.newaxis], fill, images)
+
+
+def side_lighting(images: tf.Tensor, strength: float) -> tf.Tensor:
+    """Multiply each image by a linear ramp in a random direction: a lamp or window to one side."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    angle = tf.random.uniform([n, 1, 1, 1], 0.0, 2.0 * math.pi)
+    amount = tf.random.uniform([n, 1, 1, 1], 0.0, strength)
+    rows = tf.linspace(-1.0, 1.0, h)[tf.newaxis, :, tf.newaxis, tf.newaxis]
+    cols = tf.linspace(-1.0, 1.0, w)[tf.newaxis, tf.newaxis, :, tf.newaxis]
+    ramp = (tf.cos(angle) * cols + tf.sin(angle) * rows) / 2.0  # -0.5 .. 0.5 across the face
+    return images * (1.0 + amount * ramp)
 
 
 def gaussian_blur(images: tf.Tensor, probability: float) -> tf.Tensor:
@@ -105,6 +122,8 @@ def build_augmenter(settings: AugmentSettings,
                                                         fill_mode="reflect"))
     if settings.zoom:
         geometric.append(keras.layers.RandomZoom(settings.zoom, fill_mode="reflect"))
+    if settings.aspect:  # the height alone: the width factor 0 keeps the width
+        geometric.append(keras.layers.RandomZoom(settings.aspect, width_factor=0.0, fill_mode="reflect"))
     if settings.shear:
         geometric.append(keras.layers.RandomShear(settings.shear, settings.shear, fill_mode="reflect"))
     photometric: list[keras.layers.Layer] = []
@@ -116,6 +135,8 @@ def build_augmenter(settings: AugmentSettings,
     def augment(images: tf.Tensor) -> tf.Tensor:
         for layer in geometric + photometric:
             images = layer(images, training=True)
+        if settings.lighting:
+            images = side_lighting(images, settings.lighting)
         if settings.blur_probability:
             images = gaussian_blur(images, settings.blur_probability)
         if settings.jpeg_quality_min:

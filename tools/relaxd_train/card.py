@@ -63,7 +63,48 @@ def weakest_class_note(labels: list[str], matrix: list[list[int]] | None) -> lis
             f"most of its errors ({count} of {sum(matrix[worst]) - matrix[worst][worst]}) are read as {target}."]
 
 
-def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str, Any] | None = None) -> str:
+def decision_section(meta: ModelMetadata, model_file: str) -> list[str]:
+    """The chair's per-frame decision: the weight, the rule that chose it, the trade-off at a glance."""
+    d = meta.decision
+    if not d.get("sweep"):
+        return []
+    chosen = float(d["negative_weight"])
+    shown = [p for p in d["sweep"] if p["weight"] in (1.0, 2.0, 3.0, 4.0, 5.0) or p["weight"] == chosen]
+    png = f"{Path(model_file).stem}-tradeoff.png"
+    lines = [
+        "## The chair's decision per frame",
+        "",
+        "The chair does not take the argmax of the seven labels: it sums the probabilities per group and decides "
+        f"negative when {chosen:g} x P(negative) beats P(neutral) and P(positive) (`relaxd/vision/decision.py`; "
+        "the daemon, `relaxd replay` and `train-and-export evaluate` all call it). A missed negative costs more "
+        f"than a false one. The weight {chosen:g} was chosen on FER2013 val by the rule: {d.get('rule')}. "
+        "`affect.negative_weight` and `affect.*_labels` change it per chair.",
+        "",
+        "| negative weight | 3-class | negative recall | positive recall | neutral recall | neutral read as negative |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in shown:
+        mark = " (shipped)" if p["weight"] == chosen else ""
+        lines.append(f"| {p['weight']:g}{mark} | {pct(p['accuracy_3'])} | {pct(p['negative_recall'])} | "
+                     f"{pct(p['positive_recall'])} | {pct(p['neutral_recall'])} | {pct(p['calm_read_negative'])} |")
+    lines += ["", f"![negative recall against positive recall and against calm faces read as negative]({png})",
+              "", f"Reproduce: `train-and-export decision --model models/{model_file} --data ../shared/data/fer2013`.",
+              ""]
+    return lines
+
+
+def report_row(report: Mapping[str, Any]) -> str:
+    """One table row of an ``evaluate --json`` report: the chair's decision under both groupings."""
+    groupings = report.get("groupings", {})
+    neg = groupings.get("surprise_negative", {})
+    pos = groupings.get("surprise_positive", {})
+    return (f"| {report.get('data')}{' (held-out subjects)' if report.get('held_out_share') else ''} | "
+            f"{report.get('n')} | {pct(report.get('accuracy_7'))} | {pct(neg.get('accuracy_3'))} | "
+            f"{pct(neg.get('negative_recall'))} | {pct(pos.get('accuracy_3'))} | {pct(pos.get('negative_recall'))} |")
+
+
+def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str, Any] | None = None,
+                other_reports: list[tuple[str, Mapping[str, Any]]] = ()) -> str:
     m, t = meta.metrics, meta.training
     groups = "; ".join(f"{g}: {', '.join(meta.groups[g])}" for g in ("negative", "neutral", "positive"))
     lines = [
@@ -119,6 +160,21 @@ def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str
     if m.get("val_confusion_int8"):
         lines += ["### Confusion matrix (int8, rows = true class)", "",
                   *confusion_table(list(meta.labels), m["val_confusion_int8"]), ""]
+    lines += decision_section(meta, model_file)
+    if other_reports:
+        lines += [
+            "## Other data (cross-dataset checks, never used to select)",
+            "",
+            "`train-and-export evaluate --json`; 3-class figures are the chair's decision under each grouping.",
+            "",
+            "| data | images | 7-class | 3-class, surprise negative | negative recall | 3-class, surprise positive "
+            "| negative recall |",
+            "|---|---|---|---|---|---|---|",
+            *[report_row(report) for _, report in other_reports],
+            "",
+            *[f"- `{command}`" for command, _ in other_reports],
+            "",
+        ]
     if detect_report:
         lines += [
             "## Whole pipeline: face detector + model on val photos",

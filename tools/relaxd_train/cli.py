@@ -1,6 +1,6 @@
 """train-and-export: train, export, evaluate, explain and fine-tune the chair's emotion model.
 
-Subcommands: train, export, evaluate, saliency, finetune, info. Run one with --help.
+Subcommands: train, export, evaluate, decision, saliency, finetune, info, card. Run one with --help.
 TensorFlow is imported only inside the commands that need it, so --help is instant.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from relaxd.errors import RelaxdError
 from relaxd.logs import configure_logging
+from relaxd.vision.model_meta import load_metadata, metadata_path
 from relaxd.vision.preprocess import PreprocessSpec
 from relaxd_train.architectures import ARCHITECTURES
 from relaxd_train.augment import AugmentSettings
@@ -55,7 +56,17 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its last checkpoint (with the run's own settings)")
     p.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same --arch) with this run's settings: "
-                        "a warm restart of an earlier run")
+                        "a warm restart of an earlier run; a shipped relaxnet .tflite works too")
+    p.add_argument("--mixup-alpha", type=float, default=defaults.mixup_alpha,
+                   help="blend pairs of training faces and labels, Beta(alpha, alpha) (0: off; try 0.2)")
+    p.add_argument("--extra-train", type=Path, action="append", default=[], metavar="DIR",
+                   help="more labelled faces in DIR/<class>/ (e.g. ../shared/data/ckplus) added to training; "
+                        "repeatable")
+    p.add_argument("--extra-held-out-share", type=float, default=0.3, metavar="SHARE",
+                   help="share of the extra data's subjects (file prefix before '_') kept out of training, "
+                        "for `evaluate --held-out-share` (default 0.3)")
+    p.add_argument("--extra-repeat", type=int, default=1, metavar="N",
+                   help="each extra image appears N times per epoch (default 1)")
     aug = p.add_argument_group("augmentation (0 switches a part off)")
     for name in AugmentSettings.names():
         default = getattr(AugmentSettings(), name)
@@ -67,8 +78,23 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
 
 
+def with_extra_data(train_data, extra: Path, spec: PreprocessSpec, held_out_share: float, repeat: int):
+    """``train_data`` with the trained subjects of ``extra`` appended ``repeat`` times."""
+    import numpy as np
+
+    from relaxd_train.data import Dataset, list_class_folders, split_by_subject, to_dataset
+
+    trained, held = split_by_subject(list_class_folders(extra, train_data.label_names), held_out_share)
+    added = to_dataset(trained, spec, train_data.label_names, str(extra))
+    print(f"{extra}: {len(trained)} images added x{repeat}, {len(held)} of held-out subjects kept out", flush=True)
+    images = np.concatenate([train_data.images] + [added.images] * repeat)
+    labels = np.concatenate([train_data.labels] + [added.labels] * repeat)
+    return Dataset(images, labels, train_data.label_names,
+                   f"{train_data.source} + {extra} (trained subjects, x{repeat})")
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from relaxd_train.data import load_split
+    from relaxd_train.data import DataError, load_split
     from relaxd_train.export import read_run_state
     from relaxd_train.train import train
 
@@ -78,6 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
     state_file = args.out / "state.json"
     if args.resume and state_file.is_file():  # a resumed run keeps the contract it was trained with
         spec = TrainSettings.from_dict(json.loads(state_file.read_text())["settings"]).preprocess
+    elif args.init_from is not None and args.init_from.suffix == ".tflite":
+        spec = load_metadata(args.init_from).preprocess
     elif args.init_from is not None:  # so does a warm restart
         base_state = read_run_state(args.init_from)
         if "settings" in base_state:
@@ -85,9 +113,14 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        class_weighting=args.class_weighting, seed=args.seed, preprocess=spec, augment=augment,
+        class_weighting=args.class_weighting, mixup_alpha=args.mixup_alpha, seed=args.seed,
+        preprocess=spec, augment=augment,
     )
+    if args.extra_repeat < 1:
+        raise DataError(f"--extra-repeat must be at least 1, got {args.extra_repeat}")
     train_data = load_split(args.data, "train", spec)
+    for extra in args.extra_train:
+        train_data = with_extra_data(train_data, extra, spec, args.extra_held_out_share, args.extra_repeat)
     val_data = load_split(args.data, "val", spec)
     state = train(train_data, val_data, settings, args.out, resume=args.resume, command=args.command_line,
                   init_from=args.init_from)
@@ -145,6 +178,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detect-faces", action="store_true",
                    help="images are whole photos: find the face with the daemon's detector first "
                         "(a photo with no face found counts as wrong)")
+    p.add_argument("--negative-weight", type=float, metavar="W",
+                   help="decide with this negative weight instead of the model's (as affect.negative_weight)")
+    p.add_argument("--held-out-share", type=float, metavar="SHARE",
+                   help="only the subjects that `train --extra-held-out-share SHARE` kept out of training")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     p.add_argument("--out-dir", type=Path,
                    help="also write confusion.png and report.json here (default: write nothing)")
@@ -153,17 +190,43 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from relaxd_train.evaluate import evaluate_model, format_report, write_outputs
 
+    if args.negative_weight is not None and not 0.0 < args.negative_weight <= 10.0:
+        raise RelaxdError(f"--negative-weight must be above 0 and at most 10, got {args.negative_weight:g}")
+    if args.held_out_share is not None and not 0.0 < args.held_out_share < 1.0:
+        raise RelaxdError(f"--held-out-share must be between 0 and 1, got {args.held_out_share:g}")
+    options = dict(detect_faces=args.detect_faces, negative_weight=args.negative_weight,
+                   held_out_share=args.held_out_share, command=args.command_line)
     if args.json:  # stdout carries the JSON only: anything a library prints goes to stderr
         with redirect_stdout(sys.stderr):
-            report = evaluate_model(args.model, args.data, args.split, args.detect_faces)
+            report = evaluate_model(args.model, args.data, args.split, **options)
             if args.out_dir:
                 write_outputs(report, args.out_dir)
         print(json.dumps(report))
         return 0
-    report = evaluate_model(args.model, args.data, args.split, args.detect_faces)
+    report = evaluate_model(args.model, args.data, args.split, **options)
     print(format_report(report))
     for path in write_outputs(report, args.out_dir) if args.out_dir else []:
         print(f"wrote {path}")
+    return 0
+
+
+def add_decision_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decision", help="choose the model's negative weight on val and draw its trade-off PNG")
+    p.add_argument("--model", type=Path, required=True, help="the exported .tflite (its .json is rewritten)")
+    p.add_argument("--data", type=Path, required=True, help="data set whose val split is used")
+    p.add_argument("--png", type=Path, help="trade-off plot (default: MODEL-tradeoff.png beside the model)")
+
+
+def run_decision(args: argparse.Namespace) -> int:
+    from relaxd_train.export import choose_negative_weight
+
+    meta, png = choose_negative_weight(args.model, args.data, args.png)
+    chosen = meta.decision
+    point = next(p for p in chosen["sweep"] if p["weight"] == chosen["negative_weight"])
+    print(f"negative weight {chosen['negative_weight']:g} ({chosen['rule']}): val 3-class "
+          f"{100 * point['accuracy_3']:.1f}%, negative recall {100 * point['negative_recall']:.1f}%, "
+          f"positive recall {100 * point['positive_recall']:.1f}%, neutral read as negative "
+          f"{100 * point['calm_read_negative']:.1f}%; wrote {metadata_path(args.model)} and {png}")
     return 0
 
 
@@ -251,25 +314,31 @@ def add_card_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="the exported .tflite (its .json is read)")
     p.add_argument("--detect-report", type=Path, metavar="JSON",
                    help="an `evaluate --detect-faces --json` report to include (whole-pipeline figures)")
+    p.add_argument("--report", type=Path, action="append", default=[], metavar="JSON",
+                   help="an `evaluate --json` report on other data (e.g. CK+) to include; repeatable")
     p.add_argument("--out", type=Path, help="where to write the card (default: the model's path with .md)")
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from relaxd.vision.model_meta import load_metadata
+    from relaxd.vision.model_meta import load_metadata, metadata_path
     from relaxd_train.card import render_card
 
     meta = load_metadata(args.model)
     report = json.loads(args.detect_report.read_text()) if args.detect_report else None
     out = args.out or args.model.with_suffix(".md")
-    out.write_text(render_card(meta, args.model.name, report), encoding="utf-8")
+    others = []
+    for path in args.report:
+        other = json.loads(path.read_text())
+        others.append((other.get("command", f"evaluate ... > {path}"), other))
+    out.write_text(render_card(meta, args.model.name, report, others), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 
 
-PARSERS = (add_train_parser, add_export_parser, add_evaluate_parser, add_saliency_parser,
+PARSERS = (add_train_parser, add_export_parser, add_evaluate_parser, add_decision_parser, add_saliency_parser,
            add_finetune_parser, add_info_parser, add_card_parser)
-COMMANDS = {"train": run_train, "export": run_export, "evaluate": run_evaluate, "saliency": run_saliency,
-            "finetune": run_finetune, "info": run_info, "card": run_card}
+COMMANDS = {"train": run_train, "export": run_export, "evaluate": run_evaluate, "decision": run_decision,
+            "saliency": run_saliency, "finetune": run_finetune, "info": run_info, "card": run_card}
 
 
 def build_parser() -> argparse.ArgumentParser:

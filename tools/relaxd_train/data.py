@@ -20,6 +20,7 @@ Two ways in, sharing the layout logic:
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -280,6 +281,32 @@ def stratified_holdout(labels: np.ndarray, share: float, seed: int) -> tuple[np.
         held.extend(members[:count])
         train.extend(members[count:])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))
+
+
+def subject_of(source: str) -> str:
+    """The person in a file named ``S<subject>_<sequence>_<frame>.png`` (CK+), else the file itself."""
+    stem = Path(source).stem
+    return stem.split("_", 1)[0] if "_" in stem else stem
+
+
+def is_held_out_subject(subject: str, share: float) -> bool:
+    """Whether ``subject`` is in the held-out ``share`` of subjects: a fixed hash, no seed to keep."""
+    digest = hashlib.sha1(subject.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+def split_by_subject(items: Sequence[LabelledImage], share: float) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(trained, held out) with about ``share`` of the *subjects* held out.
+
+    Frames of one posed sequence are near-duplicates, so a split by file would put the same
+    face on both sides; ``train`` and ``evaluate`` call this with the same share and agree.
+    """
+    if not 0.0 <= share < 1.0:
+        raise DataError(f"the held-out share of subjects must be at least 0 and below 1, got {share}")
+    trained, held = [], []
+    for item in items:
+        (held if is_held_out_subject(subject_of(item.source), share) else trained).append(item)
+    return trained, held
 
 
 def load_class_folders(root: Path, spec: PreprocessSpec,

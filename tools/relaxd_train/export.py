@@ -44,6 +44,7 @@ from relaxd.vision.model_meta import (
     GROUPS,
     ModelMetadata,
     file_sha256,
+    load_metadata,
     metadata_path,
     save_metadata,
 )
@@ -282,7 +283,37 @@ def export(settings: ExportSettings, command: str = "") -> ModelMetadata:
             )
         os.replace(candidate, out)
         os.replace(metadata_path(candidate), metadata_path(out))
-    return replace(meta, metrics=metrics)
+    meta, _ = choose_negative_weight(out, settings.data)
+    return meta
+
+
+def tradeoff_png_path(model_path: Path) -> Path:
+    """``models/x.tflite`` -> ``models/x-tradeoff.png`` (the model card shows it)."""
+    return Path(model_path).with_name(f"{Path(model_path).stem}-tradeoff.png")
+
+
+def choose_negative_weight(model_path: Path, data: Path, png: Path | None = None) -> tuple[ModelMetadata, Path]:
+    """Sweep the negative weight on val through the exported file, keep the card's choice, reseal.
+
+    Rewrites the model's metadata (``decision`` section, resealed) and draws the trade-off.
+    """
+    from relaxd_train.decision_weight import choose, decision_record, save_tradeoff_png, sweep
+
+    model_path = Path(model_path)
+    meta = load_metadata(model_path)
+    val = load_split(data, "val", meta.preprocess, meta.labels)
+    from relaxd.vision.classifier import EmotionClassifier
+    from relaxd_train.evaluate import predict_probabilities
+
+    probabilities = predict_probabilities(EmotionClassifier(model_path), val.images)
+    points = sweep(val.labels, probabilities, meta.labels, meta.groups)
+    chosen = choose(points)
+    meta = replace(meta, decision=decision_record(points, chosen))
+    save_metadata(model_path, meta)
+    png = save_tradeoff_png(points, chosen, png or tradeoff_png_path(model_path),
+                            f"{meta.name} {meta.version} on FER2013 val ({len(val)} faces): the negative weight "
+                            f"trades calm faces read as negative for negatives found")
+    return meta, png
 
 
 def format_summary(meta: ModelMetadata, out: Path) -> str:

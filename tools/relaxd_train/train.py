@@ -38,6 +38,7 @@ class TrainSettings:
     warmup_epochs: int = 2
     label_smoothing: float = 0.1
     class_weighting: str = "sqrt"
+    mixup_alpha: float = 0.0  # e.g. 0.2: blend pairs of faces and their labels (Zhang et al.)
     seed: int = 1
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -84,9 +85,26 @@ def make_dataset(data: Dataset, settings: TrainSettings, training: bool, weights
         value_range = (0.0, 1.0) if settings.preprocess.normalisation == "unit" else (-1.0, 1.0)
         augment = build_augmenter(settings.augment, value_range)
         ds = ds.map(lambda x, y, w: (augment(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+        if settings.mixup_alpha:
+            ds = ds.map(lambda x, y, w: mixup(x, y, w, settings.mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((data.images, onehot)).batch(256)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def mixup(images, onehot, weights, alpha: float):
+    """Blend each face with another of the batch: ``lam`` ~ Beta(alpha, alpha) per pair."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    a = tf.random.gamma([n], alpha)
+    b = tf.random.gamma([n], alpha)
+    lam = tf.maximum(a / (a + b), 1.0 - a / (a + b))  # the first face dominates: its weight is kept
+    order = tf.random.shuffle(tf.range(n))
+    images = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * tf.gather(images, order)
+    onehot = lam[:, None] * onehot + (1.0 - lam[:, None]) * tf.gather(onehot, order)
+    weights = lam * weights + (1.0 - lam) * tf.gather(weights, order)
+    return images, onehot, weights
 
 
 def compile_model(model, settings: TrainSettings, steps_per_epoch: int) -> None:
@@ -193,15 +211,22 @@ def new_run_state(settings: TrainSettings, train_data: Dataset, val_data: Datase
     }
 
 
-def warm_start(checkpoint: Path, settings: TrainSettings) -> tuple[Any, dict[str, Any]]:
+def warm_start(checkpoint: Path, settings: TrainSettings, train_data: Dataset) -> tuple[Any, dict[str, Any]]:
     """The model of ``checkpoint`` to train on with a new schedule, and its run's state.
 
     A warm restart: a run that under-fit (or was cut short) goes on from its weights with
     other settings (lighter regularisation, a new learning-rate cycle) instead of from zero.
+    ``checkpoint`` may be a shipped ``.tflite``: its int8 weights are rebuilt into Keras.
     """
     from relaxd_train.architectures import load_checkpoint
     from relaxd_train.export import read_run_state
 
+    if checkpoint.suffix == ".tflite":
+        from relaxd_train.from_tflite import keras_from_tflite
+
+        rng = np.random.default_rng(settings.seed)
+        sample = rng.choice(len(train_data), size=min(4000, len(train_data)), replace=False)
+        return keras_from_tflite(checkpoint, train_data.images[np.sort(sample)])
     model = load_checkpoint(checkpoint)
     if model.name != settings.arch:
         raise DataError(f"--init-from {checkpoint} is a {model.name!r} model, not {settings.arch!r}: "
@@ -235,7 +260,7 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
                             f"fewer than one batch ({settings.batch_size}): lower --batch-size")
         base_state: dict[str, Any] = {}
         if init_from is not None:
-            model, base_state = warm_start(init_from, settings)
+            model, base_state = warm_start(init_from, settings, train_data)
         else:
             model = build(settings.arch, settings.preprocess.input_size, len(train_data.label_names))
         compile_model(model, settings, len(train_data) // settings.batch_size)
@@ -244,6 +269,8 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         if init_from is not None:
             state["init_from"] = {"checkpoint": str(init_from),
                                   "val_accuracy": base_state.get("best_val_accuracy")}
+            if "source_model" in base_state:
+                state["init_from"]["model"] = base_state["source_model"]
     print(f"{settings.arch}: {state['params']:,} parameters, {state['multiply_adds']:,} multiply-adds; "
           f"train {len(train_data)} images, val {len(val_data)} images", flush=True)
     weights = class_weights(train_data.labels, len(train_data.label_names), settings.class_weighting)
