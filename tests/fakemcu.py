@@ -85,7 +85,7 @@ class FakeMcu:
         try:
             frame = decode(line)
         except FrameError:
-            self.send_raw(encode(0, "NAK", "CRC"))
+            self.send_raw(encode(_seq_guess(line), "NAK", "CRC"))  # as the sketch: atol() of the line
             return
         self.received.append(frame)
         if self.silent:
@@ -102,9 +102,16 @@ class FakeMcu:
         if frame.word in self.nak_once:
             self._reply(frame.seq, "NAK", self.nak_once.pop(frame.word))
             return
+        refusal = _refusal(frame)  # the sketch's own checks, in its order
+        if refusal:
+            self._reply(frame.seq, "NAK", *refusal)
+            return
         if frame.word == "HELLO":
             if frame.args[:1] != (self.speaks,):
                 self._reply(frame.seq, "NAK", "VERSION", self.protocol)
+                return
+            if len(frame.args) > 1 and not _number_in(frame.args[1], 100, 10000):
+                self._reply(frame.seq, "NAK", "RANGE")
                 return
             self.send_raw(encode(0, "BOOT", self.protocol, self.firmware))  # noise the host must skip
             self._reply(frame.seq, "ACK", self.protocol, self.firmware)
@@ -116,3 +123,34 @@ class FakeMcu:
         elif frame.word == "OFF":
             self.light, self.vibration = (0, 0, 0), 0
         self._reply(frame.seq, "ACK")
+
+
+LEVEL_WORDS = {"LIGHT": 3, "VIB": 1}  # word -> number of permille levels it carries
+WORDS = ("HELLO", "LIGHT", "VIB", "OFF", "HB")
+
+
+def _number_in(text: str, low: int, high: int) -> bool:
+    """The sketch's parseNumber: at most 6 decimal digits, within [low, high]."""
+    return 0 < len(text) <= 6 and text.isdigit() and low <= int(text) <= high
+
+
+def _refusal(frame) -> tuple:
+    """The NAK the sketch gives a well-framed line (SYNTAX, RANGE, UNKNOWN), or () to go on."""
+    if frame.word not in WORDS:
+        return ("UNKNOWN",)
+    if frame.word in LEVEL_WORDS:
+        if len(frame.args) != LEVEL_WORDS[frame.word]:
+            return ("SYNTAX",)
+        if not all(_number_in(arg, 0, 1000) for arg in frame.args):
+            return ("RANGE",)
+    return ()
+
+
+def _seq_guess(line: bytes) -> int:
+    """C's atol() of the line: its leading digits, else 0."""
+    digits = b""
+    for byte in line.lstrip(b" "):
+        if not chr(byte).isdigit():
+            break
+        digits += bytes([byte])
+    return int(digits) % 65536 if digits else 0
