@@ -166,10 +166,35 @@ def test_a_newer_command_replaces_an_unanswered_older_one(mcu, link_to):
     link.open()
     mcu.ignore_once.add("LIGHT")
     link.send("LIGHT", 900, 900, 900, wait=False)
+    assert eventually(lambda: mcu.words("LIGHT"))  # on the wire, its reply lost
     link.send("LIGHT", 100, 200, 300)
     time.sleep(STEADY["ack_timeout_s"] * 3)  # long enough for a retry of the stale one to have gone out
     stale = [frame for frame in mcu.words("LIGHT") if frame.args == ("900", "900", "900")]
     assert len(stale) == 1 and mcu.light == (100, 200, 300)
+
+
+def test_a_command_still_queued_when_a_newer_one_comes_never_reaches_the_wire(mcu, link_to):
+    """The writer skips what was superseded while it waited: a stale level is never sent late."""
+    link = link_to(mcu)
+    link.open()
+    with link._write_lock:  # the port takes no bytes for a moment: both commands wait in the outbox
+        link.send("VIB", 900, wait=False)
+        link.send("VIB", 100, wait=False)
+    assert eventually(lambda: mcu.vibration == 100)
+    assert [frame.args for frame in mcu.words("VIB")] == [("100",)]
+
+
+def test_a_port_that_takes_no_bytes_never_blocks_the_caller(mcu, link_to):
+    """A stuck write is the writer thread's problem: send(wait=False) returns at once, the lines go out later."""
+    link = link_to(mcu)
+    link.open()
+    started = time.monotonic()
+    with link._write_lock:  # as if the USB buffer were full: the writer's write cannot start
+        for level in range(10):
+            link.send("VIB", level * 10, wait=False)
+        returned = time.monotonic() - started
+        assert returned < 0.1, f"sending took {returned:.3f} s with the port stuck"
+    assert eventually(lambda: mcu.vibration == 90)
 
 
 def test_silent_mcu_loses_the_link_and_outputs_count_as_off(mcu, link_to):

@@ -22,8 +22,9 @@ import logging
 import string
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from relaxd.actuators.base import (RGB, Actuator, Light, LinkError, LinkLostError, NakError, OutputGate,
                                    OutputLatchedError, ProtocolVersionError)
@@ -138,6 +139,11 @@ class SerialLink:
         self._last_rx = self._last_tx = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        # Commands wait here for the writer thread: no caller (the control loop least of all) ever
+        # blocks on a port that does not take bytes; the write has its own deadline (write_timeout).
+        self._outbox: Deque[_Pending] = deque()
+        self._outbox_ready = threading.Condition()
+        self._writer: Optional[threading.Thread] = None
 
     def __enter__(self) -> "SerialLink":
         self.open()
@@ -159,8 +165,9 @@ class SerialLink:
             raise LinkError(f"serial link to {self.port} is already open")
         if self._thread is threading.current_thread():
             raise LinkError("open() cannot be called from on_fault: reconnect from another thread")
-        if self._thread is not None:
-            self._thread.join()
+        for thread in (self._thread, self._writer):
+            if thread is not None:
+                thread.join()
         try:
             import serial
         except ImportError:
@@ -184,6 +191,8 @@ class SerialLink:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"serial-link {self.port}", daemon=True)
         self._thread.start()
+        self._writer = threading.Thread(target=self._run_writer, name=f"serial-writer {self.port}", daemon=True)
+        self._writer.start()
         log.info("serial link to %s open, firmware %s", self.port, self.firmware)
         return self.firmware
 
@@ -195,8 +204,11 @@ class SerialLink:
         if was_ok:
             self._write_quietly(encode(self._next_seq(), "OFF"))
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        with self._outbox_ready:
+            self._outbox_ready.notify_all()
+        for thread in (self._thread, self._writer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         self._close_port()
 
     def _handshake(self) -> str:
@@ -247,6 +259,8 @@ class SerialLink:
         seq = self._next_seq()
         pending = _Pending(word, encode(seq, word, *args), time.monotonic(),
                            energising=is_energising(word, args), waited=wait)
+        if pending.energising and self.gate is not None and self.gate.closed:  # checked again at the wire
+            raise OutputLatchedError(f"serial {word} refused: the outputs are latched off ({self.gate.reason})")
         with self._lock:
             self._check_ok()
             for old_seq, old in list(self._pending.items()):
@@ -255,14 +269,7 @@ class SerialLink:
                     old.outcome = "superseded"
                     old.done.set()
             self._pending[seq] = pending
-        try:
-            self._write_command(pending)
-        except OutputLatchedError:
-            with self._lock:
-                self._pending.pop(seq, None)
-            raise
-        except OSError as error:
-            self._fault(f"writing to serial port {self.port} failed: {error}")
+        self._queue(pending)
         if not wait:
             return
         # The reader resolves every command within ack_timeout_s * (retries + 1) of sending it;
@@ -282,6 +289,10 @@ class SerialLink:
 
     def drop_energising(self) -> None:
         """Forget every queued or retried command that would turn an output on (the latch tripped)."""
+        with self._outbox_ready:
+            kept = [pending for pending in self._outbox if not pending.energising]
+            self._outbox.clear()
+            self._outbox.extend(kept)
         with self._lock:
             for seq, pending in list(self._pending.items()):
                 if pending.energising:
@@ -298,12 +309,32 @@ class SerialLink:
             self._write(pending.line)
 
     def _resend(self, pending: _Pending) -> None:
-        try:
-            self._write_command(pending)
-        except OutputLatchedError:
-            self.drop_energising()
-        except (OSError, LinkError) as error:
-            log.debug("serial %s: resend failed: %s", self.port, error)
+        self._queue(pending)
+
+    def _queue(self, pending: _Pending) -> None:
+        """Hand a command (or its retry) to the writer thread."""
+        with self._outbox_ready:
+            self._outbox.append(pending)
+            self._outbox_ready.notify()
+
+    def _run_writer(self) -> None:
+        """Write queued lines in order; the gate is checked for each, right before its bytes."""
+        while True:
+            with self._outbox_ready:
+                while not self._outbox and not self._stop.is_set():
+                    self._outbox_ready.wait(0.1)
+                if self._stop.is_set():
+                    return
+                pending = self._outbox.popleft()
+            if pending.done.is_set():  # superseded, dropped by the latch or failed while it waited
+                continue
+            try:
+                self._write_command(pending)
+                pending.sent_at = time.monotonic()  # the ack timeout runs from the wire, not the queue
+            except OutputLatchedError:
+                self.drop_energising()
+            except (OSError, LinkError) as error:  # a write past its deadline (write_timeout) too
+                self._fault(f"writing to serial port {self.port} failed: {error}")
 
     def _check_ok(self) -> None:
         if self._status != "ok":
@@ -429,8 +460,11 @@ class SerialLink:
             self._status, self.fault_reason = "lost", reason
             self._fail_pending("lost")
         log.error("serial link to %s lost: %s", self.port, reason)
-        self._write_quietly(encode(self._next_seq(), "OFF"))
         self._stop.set()
+        with self._outbox_ready:
+            self._outbox.clear()
+            self._outbox_ready.notify_all()
+        self._write_quietly(encode(self._next_seq(), "OFF"))
         if self.on_fault is not None:
             try:
                 self.on_fault(reason)
