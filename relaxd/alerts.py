@@ -151,29 +151,49 @@ class AlertManager:
 
     def raise_alert(self, kind: str, priority: str, message: str, *, session_id: Optional[int] = None,
                     data: Optional[Mapping[str, Any]] = None) -> Alert:
-        """Record an alert and notify every channel; returns it (or the same-kind alert still active)."""
+        """Sound an alert and record it; returns it (or the same-kind alert still active)."""
+        alert, new = self.announce(kind, priority, message, session_id=session_id, data=data)
+        if new:
+            self.record(alert)
+        return alert
+
+    def announce(self, kind: str, priority: str, message: str, *, session_id: Optional[int] = None,
+                 data: Optional[Mapping[str, Any]] = None) -> tuple[Alert, bool]:
+        """Make an alert active and sound it (relay, listeners) at once, without the store.
+
+        Returns ``(alert, True)``, or the same-kind alert of this session still active and False.
+        The caller then has ``record`` store it, from a thread that may wait: a locked or full
+        store delays the record and the webhook, never the buzzer.
+        """
         if not kind:
             raise AlertError("an alert needs a kind, e.g. 'adverse_reaction'")
         if priority not in _RANK:
             raise AlertError(f"alert priority must be one of {PRIORITIES}, got {priority!r}")
-        with self._lock:
-            for existing in self.active():
+        with self._active_lock:
+            for existing in self._active.values():
                 if existing.kind == kind and existing.session_id == session_id:
                     log.info("alert.repeat", alert_id=existing.id, kind=kind)
-                    return existing
+                    return existing, False
             alert = Alert(
                 id=uuid.uuid4().hex, time=now_iso(), kind=kind, priority=priority, message=message,
                 session_id=session_id, data=MappingProxyType(dict(data or {})),
             )
+            self._active[alert.id] = alert
+        log.warning("alert.raised", alert_id=alert.id, kind=kind, priority=priority, message=message)
+        self._update_relay()
+        self._notify_listeners(RAISED, alert)
+        return alert, True
+
+    def record(self, alert: Alert) -> None:
+        """Store an announced alert with its webhook outbox row (raises StoreError: retry it)."""
+        with self._lock:
             self._store.insert_alert(
-                alert_id=alert.id, time=alert.time, kind=kind, priority=priority, message=message,
-                session_id=session_id, data=dict(alert.data), outbox=self._message(RAISED, alert),
+                alert_id=alert.id, time=alert.time, kind=alert.kind, priority=alert.priority,
+                message=alert.message, session_id=alert.session_id, data=dict(alert.data),
+                outbox=self._message(RAISED, alert),
             )
-            with self._active_lock:
-                self._active[alert.id] = alert
-            log.warning("alert.raised", alert_id=alert.id, kind=kind, priority=priority, message=message)
-            self._fan_out(RAISED, alert)
-        return alert
+        if self._webhook is not None:
+            self._webhook.notify()
 
     def acknowledge(self, alert_id: str, by: str) -> Alert:
         """Mark an alert seen by a caregiver (``by``: who, e.g. 'panel' or a name). Idempotent."""
@@ -231,6 +251,9 @@ class AlertManager:
         self._update_relay()
         if self._webhook is not None:
             self._webhook.notify()
+        self._notify_listeners(event, alert)
+
+    def _notify_listeners(self, event: str, alert: Alert) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event, alert)

@@ -220,16 +220,14 @@ class Chair:
         self.latch.trip("watchdog", f"control loop {late_s:.2f} s late")
 
     def _alert(self, kind: str, priority: str, message: str, **data: Any) -> None:
-        """Queue a caregiver alert; any thread, never waits (the recorder stores and fans it out)."""
+        """Sound a caregiver alert now (relay, panel) and queue its record; any thread, never waits."""
         if self.alerts is None or self.recorder is None:  # None only while the chair is being built
             log.error("alert.before_start", kind=kind, message=message)
             return
         alerts, session = self.alerts, self._session
-
-        def write(store: SessionStore) -> None:
-            alerts.raise_alert(kind, priority, message, session_id=session.id if session else None, data=data)
-
-        self.recorder.submit(f"alert {kind}", write)
+        alert, new = alerts.announce(kind, priority, message, session_id=session.id if session else None, data=data)
+        if new:
+            self.recorder.submit(f"alert {kind}", lambda store: alerts.record(alert))
 
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1

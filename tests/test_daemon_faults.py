@@ -185,3 +185,32 @@ def test_two_damaged_replies_in_a_row_neither_stop_nor_fault_the_session(tmp_pat
     finally:
         stop(chair, thread)
         mcu.close()
+
+
+def test_the_buzzer_sounds_at_once_while_the_store_is_locked_and_the_alert_is_stored_after(
+        tmp_path, tiny_model, demo_clip):
+    """Alerts used to be stored first: a locked store kept the nurse-call relay silent until it was back."""
+    from gpiozero.pins.mock import MockFactory
+
+    from relaxd.settings import AlertSettings
+
+    factory = MockFactory()
+    chair = Chair(settings_for(tmp_path, tiny_model, demo_clip, alerts=AlertSettings(relay_pin=23)),
+                  pin_factory=factory)
+    relay = factory.pin(23)
+    thread = run_in_thread(chair, profile="kid-buzz", scenario="calm-sea")
+    try:
+        assert wait_for(lambda: chair.session_id is not None)
+        with StoreLock(tmp_path / "relaxd.db") as lock:
+            chair._alert("adverse_reaction", "high", "test: sustained distress")
+            assert relay.state == 1, "the relay waited for the store"
+            assert any(alert.kind == "adverse_reaction" for alert in chair.alerts.active())
+            time.sleep(1.0)
+            lock.release()
+            assert wait_for(lambda: chair.status()["health"]["store"]["backlog"] == 0)
+    finally:
+        stop(chair, thread)
+    store = SessionStore(tmp_path / "relaxd.db")
+    stored = [alert for alert in store.list_alerts() if alert["kind"] == "adverse_reaction"]
+    assert len(stored) == 1 and stored[0]["session_id"] is not None
+    store.close()
