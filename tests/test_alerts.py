@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -38,7 +38,8 @@ class Receiver:
 
     Each POST takes the next answer from ``script`` (``default`` once it is empty):
     ``ok`` (200, message kept), ``fail`` (500), ``drop`` (message kept, connection closed
-    without an answer: the ack is lost), ``redirect`` (302).
+    without an answer: the ack is lost), ``redirect`` (302), ``hold`` (no answer until
+    ``release`` is set, then 200: a receiver slower than the chair's timeout).
     """
 
     def __init__(self, port=0, script=(), default="ok"):
@@ -46,6 +47,7 @@ class Receiver:
         self.default = default
         self.kept = []  # (Idempotency-Key header, payload) of every message the receiver processed
         self.attempts = 0
+        self.release = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +55,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
                 answer = receiver.script.pop(0) if receiver.script else receiver.default
+                if answer == "hold":
+                    receiver.release.wait(10.0)
+                    answer = "ok"
                 if answer in ("ok", "drop"):
                     receiver.kept.append((self.headers["Idempotency-Key"], json.loads(body)))
                 if answer == "drop":
@@ -68,12 +73,14 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -102,8 +109,8 @@ def receiver():
 
 
 def webhook_settings(url, **kw):
-    return AlertSettings(webhook_url=url, webhook_timeout_s=2.0, webhook_retry_initial_s=0.01,
-                         webhook_retry_max_s=0.05, **kw)
+    kw = {"webhook_timeout_s": 2.0, "webhook_retry_initial_s": 0.01, "webhook_retry_max_s": 0.05, **kw}
+    return AlertSettings(webhook_url=url, **kw)
 
 
 def relay_pin_states(factory):
@@ -269,6 +276,25 @@ def test_server_errors_then_recovery_deliver_every_alert_once_in_order(store):
     assert receiver.attempts == len(expected) + 4
     first = store.outbox_rows()[0]
     assert first["attempts"] == 5 and first["delivered_at"] is not None
+
+
+def test_a_webhook_slower_than_its_timeout_delays_delivery_never_the_alert(store):
+    receiver = Receiver(script=["hold"])
+    try:
+        with AlertManager(store, webhook_settings(receiver.url, webhook_timeout_s=0.5)) as alerts:
+            first = alerts.raise_alert("child_left", "high", "first").id
+            wait_for(lambda: receiver.attempts >= 1, "the first POST in flight")
+            # The receiver holds the first POST: raising more is not held up behind it.
+            later = [alerts.raise_alert(f"kind{i}", "medium", f"alert {i}").id for i in range(3)]
+            assert not receiver.release.is_set()
+            assert {a.id for a in alerts.active()} == {first, *later}
+            # The chair gave up on the held POST after its timeout and resent it with the same key.
+            wait_for(lambda: store.outbox_pending() == 0, "delivery by the retry")
+            assert store.outbox_rows()[0]["attempts"] == 2
+            assert not receiver.release.is_set()
+    finally:
+        receiver.close()
+    assert receiver.unique_in_order() == [(RAISED, a) for a in [first, *later]]
 
 
 def test_connection_refused_then_server_appears(store):

@@ -386,6 +386,50 @@ def test_clients_that_vanish_mid_command_do_not_disturb_the_chair(chair_at_idle)
     call(path, "stop")
 
 
+def _jam(path: Path) -> tuple[socket.socket, bool]:
+    """A client that sends status requests until both socket buffers are full, and never reads.
+
+    Returns the socket and whether it got stuck (the server blocked writing replies nobody reads).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.setblocking(False)
+    line = request("status")
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            sock.send(line)
+        except BlockingIOError:  # full: still full a moment later means the server stopped reading
+            time.sleep(0.2)
+            try:
+                sock.send(line)
+            except BlockingIOError:
+                return sock, True
+    return sock, False
+
+
+def test_clients_that_never_read_their_replies_stall_only_themselves(chair_at_idle):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-jam")
+    jammers = [_jam(path) for _ in range(3)]
+    try:
+        assert all(stuck for _, stuck in jammers), "each jammer must have filled both buffers"
+        assert wait_for(lambda: chair.ipc.clients >= 3)
+        # Everyone else is still served at once, the loop keeps its cycle, and STOP works.
+        started = time.monotonic()
+        for _ in range(20):
+            assert call(path, "status")["session"]["profile"] == "kid-jam"
+        assert time.monotonic() - started < 5.0
+        assert call(path, "estop", by="test")["latched"] is True
+        assert wait_for(lambda: call(path, "status")["state"] == "estopped")
+        assert call(path, "status")["health"]["latch"]["tripped_by"] == "test"
+        assert all(level == 0 for level in outputs_of(chair).values())
+    finally:
+        for sock, _ in jammers:
+            sock.close()
+    assert wait_for(lambda: chair.ipc.clients == 0), "a jammed client's thread must end once it goes"
+
+
 def test_ten_clients_at_once(chair_at_idle):
     chair, path = chair_at_idle
     barrier = threading.Barrier(10)
