@@ -43,19 +43,10 @@ import structlog
 
 from relaxd.errors import RelaxdError
 from relaxd.settings import AlertSettings
-from relaxd.store import PRIORITIES, OutboxEntry, SessionStore, StoreError, now_iso
+from relaxd.store import OutboxEntry, SessionStore, StoreError, now_iso
+from relaxd.vocabulary import PRIORITIES, AlertKind
 
 log = structlog.get_logger(__name__)
-
-# The kinds the daemon raises; any other non-empty name is accepted too.
-ADVERSE_REACTION = "adverse_reaction"
-ESTOP = "estop"
-CHILD_LEFT = "child_left"
-CAMERA_LOST = "camera_lost"
-LINK_LOST = "link_lost"
-FAULT = "fault"
-STORE_FAILED = "store_failed"
-KINDS = (ADVERSE_REACTION, ESTOP, CHILD_LEFT, CAMERA_LOST, LINK_LOST, FAULT, STORE_FAILED)
 
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}  # high=0 is the most urgent
 

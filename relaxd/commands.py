@@ -20,12 +20,13 @@ import structlog
 
 from relaxd.alerts import AlertError
 from relaxd.control import CommandRejected, ProfileError, State
-from relaxd.errors import RelaxdError
+from relaxd.errors import CommandTimeoutError, RelaxdError
 from relaxd.ipc import (BAD_ARGS, FAILED, NOT_FOUND, REJECTED, TIMEOUT, UNKNOWN_COMMAND, CommandError,
                         resolve_socket_path)
 from relaxd.report import LATEST, ReportError, UnknownSessionError, render_session_report, resolve_session
 from relaxd.safety import ResetRefusedError
 from relaxd.store import InvalidRecordError, RecordNotFoundError
+from relaxd.vocabulary import CHANNELS
 
 if TYPE_CHECKING:
     from relaxd.daemon import Chair
@@ -104,8 +105,6 @@ class ChairCommands:
         self._erasing: Optional[str] = None  # the profile being deleted: no session of it may start
 
     def handle(self, cmd: str, args: dict[str, Any]) -> Any:
-        from relaxd.daemon import CommandTimeoutError  # here: the daemon imports this module
-
         command = COMMANDS.get(cmd)
         if command is None:
             raise CommandError(UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
@@ -220,7 +219,7 @@ class ChairCommands:
         return self.chair.alerts.acknowledge(alert_id, by).to_dict()
 
     def set_caps(self, args: _Args) -> dict[str, Any]:
-        caps = {name: args.number(name, 0.0, 1.0) for name in ("light", "sound", "vibration")}
+        caps = {name: args.number(name, 0.0, 1.0) for name in CHANNELS}
         caps = {name: value for name, value in caps.items() if value is not None}
         if not caps:
             raise CommandError(BAD_ARGS, "set_caps needs at least one of light, sound, vibration (each 0..1)")
@@ -373,7 +372,7 @@ COMMANDS: dict[str, _Command] = {
     "estop": _Command(ChairCommands.estop, ("by",)),
     "reset": _Command(ChairCommands.reset, ("by",)),
     "ack": _Command(ChairCommands.ack, ("id", "by")),
-    "set_caps": _Command(ChairCommands.set_caps, ("light", "sound", "vibration")),
+    "set_caps": _Command(ChairCommands.set_caps, CHANNELS),
     "list_profiles": _Command(ChairCommands.list_profiles),
     "delete_profile": _Command(ChairCommands.delete_profile, ("profile", "with_sessions", "by")),
     "list_scenarios": _Command(ChairCommands.list_scenarios),

@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,10 +39,10 @@ import structlog
 
 from relaxd.actuators import ActuatorBank, StimulusLevels, build_bank
 from relaxd.affect import AffectReading
-from relaxd.alerts import CAMERA_LOST, ESTOP, LINK_LOST, STORE_FAILED, AlertManager
+from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
-from relaxd.errors import RelaxdError
+from relaxd.errors import CommandTimeoutError
 from relaxd.commands import ChairCommands, finite
 from relaxd.ipc import ControlServer, resolve_socket_path
 from relaxd.safety import (EStopButton, HealthGate, LatchEvent, SafetyLatch, SystemdNotifier, Watchdog,
@@ -50,6 +51,7 @@ from relaxd.settings import Settings
 from relaxd.recorder import SessionHandle, SessionRecorder
 from relaxd.store import AffectSecondAccumulator, Profile, SessionStore, now_iso
 from relaxd.vision.pipeline import VisionPipeline
+from relaxd.vocabulary import AlertKind, Priority
 
 log = structlog.get_logger(__name__)
 
@@ -65,10 +67,6 @@ RECORDER_DRAIN_S = 3.0
 READING_QUEUE = 64
 REPORT_EVENTS = 500
 """The exit report keeps the newest events only (the store keeps them all), so weeks of uptime stay small."""
-
-
-class CommandTimeoutError(RelaxdError):
-    """An operator command was not carried out by the control loop in time (or the daemon is stopping)."""
 
 
 @dataclass(frozen=True)
@@ -184,35 +182,41 @@ class Chair:
         self.pipeline = VisionPipeline.from_settings(settings)
         self.controller = Controller(settings.control, load_scenarios(settings.control.scenarios_file or None))
         self.latch = SafetyLatch()
-        self.bank: ActuatorBank = build_bank(settings.actuators, pin_factory=pin_factory, on_fault=self._link_fault)
-        self.latch.add_kill(lambda: self.bank.all_off("e-stop latch"), "actuator bank")
-        self.latch.add_listener(self._on_latch)
         self.estop_button: Optional[EStopButton] = None
-        self.store: Optional[SessionStore] = None
-        self.alerts: Optional[AlertManager] = None
+        self.alerts: Optional[AlertManager] = None  # None only while the chair is being built
         self.recorder: Optional[SessionRecorder] = None
-        try:
+        # Each part is closed, in reverse order, by ``close()``; a part that fails to open
+        # closes the ones opened before it (outputs last, so they go off first and stay off).
+        with ExitStack() as parts:
+            self.bank: ActuatorBank = build_bank(settings.actuators, pin_factory=pin_factory, on_fault=self._link_fault)
+            parts.callback(self.bank.close)
+            self.latch.add_kill(lambda: self.bank.all_off("e-stop latch"), "actuator bank")
+            self.latch.add_listener(self._on_latch)
             if settings.safety.estop_pin >= 0:
                 self.estop_button = EStopButton(self.latch, settings.safety.estop_pin, pin_factory=pin_factory)
-            self.store = SessionStore(Path(settings.store.path).expanduser(),
-                                      busy_timeout_s=settings.store.busy_timeout_s)
+                parts.callback(self.estop_button.close)
+            self.store = SessionStore(Path(settings.store.path).expanduser(), busy_timeout_s=settings.store.busy_timeout_s)
+            parts.callback(self.store.close)
             self.store.close_unfinished_sessions()
             self.alerts = AlertManager(self.store, settings.alerts, pin_factory=pin_factory)
+            parts.callback(self.alerts.close)
             self.recorder = SessionRecorder(self.store).start()
-        except BaseException:
-            self.close()
-            raise
-        self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event)
-        self.watchdog = Watchdog(settings.safety.watchdog_deadline_s, self._watchdog_expired)
-        self.notifier = notifier or SystemdNotifier()
-        self.health = HealthGate(self.notifier, {
-            "control loop": lambda: self.watchdog.healthy,
-            # Hung, not merely stalled: an unplugged camera is reconnected in-process with
-            # back-off; only a driver call that never returns needs systemd's restart.
-            "camera": lambda: not self.grabber.hung,
-            "outputs": lambda: not self.link_lost,
-            "vision": lambda: self._vision_failure is None,
-        })
+            parts.callback(self._close_recorder)
+            self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event)
+            parts.callback(self._stop_grabber)
+            self.watchdog = Watchdog(settings.safety.watchdog_deadline_s, self._watchdog_expired)
+            parts.callback(self.watchdog.stop)
+            self.notifier = notifier or SystemdNotifier()
+            self.health = HealthGate(self.notifier, {
+                "control loop": lambda: self.watchdog.healthy,
+                # Hung, not merely stalled: an unplugged camera is reconnected in-process with
+                # back-off; only a driver call that never returns needs systemd's restart.
+                "camera": lambda: not self.grabber.hung,
+                "outputs": lambda: not self.link_lost,
+                "vision": lambda: self._vision_failure is None,
+            })
+            parts.callback(self.health.stop)
+            self._parts = parts.pop_all()
 
     # ------------------------------------------------------------------ safety callbacks (any thread)
 
@@ -232,11 +236,11 @@ class Chair:
     def _link_fault(self, reason: str) -> None:
         self._link_faults += 1
         self._link_problems.append(reason)
-        self._alert(LINK_LOST, "high", f"microcontroller link lost: {reason}")
+        self._alert(AlertKind.LINK_LOST, Priority.HIGH, f"microcontroller link lost: {reason}")
 
     def _on_latch(self, event: LatchEvent) -> None:
         if event.kind == "tripped":
-            self._alert(ESTOP, "high", f"emergency stop by {event.who}", detail=event.detail)
+            self._alert(AlertKind.ESTOP, Priority.HIGH, f"emergency stop by {event.who}", detail=event.detail)
 
     def _camera_event(self, kind: str, detail: dict[str, Any]) -> None:
         if kind in ("stalled", "lost", "failed", "ended"):
@@ -357,7 +361,7 @@ class Chair:
         self._serve_commands(now)  # after the latch check, so a command sees the e-stop state
         while self._camera_problems:
             problem = self._camera_problems.popleft()
-            self._alert(CAMERA_LOST, "medium", f"camera {problem}: stimulation faded to idle")
+            self._alert(AlertKind.CAMERA_LOST, Priority.MEDIUM, f"camera {problem}: stimulation faded to idle")
             if self.controller.state in (State.STARTING, State.RUNNING, State.PAUSED):
                 self._record(self.controller.stop(now, f"camera {problem}"))
         while self._link_problems:  # the bank is already latched off; the controller says why
@@ -392,7 +396,7 @@ class Chair:
             self._store_fault_raised = True
             why = (f"rows dropped: {health.dropped}" if health.dropped
                    else f"unavailable for {health.outage_s:.0f} s: {health.error}")
-            self._alert(STORE_FAILED, "high", f"the session store failed ({why}); stimulation stopped")
+            self._alert(AlertKind.STORE_FAILED, Priority.HIGH, f"the session store failed ({why}); stimulation stopped")
             self._record(self.controller.fault(now, f"the session record cannot be written ({why})"))
 
     def _follow_scenario_sound(self, sound: Any) -> None:
@@ -594,23 +598,18 @@ class Chair:
         return self.report
 
     def close(self, vision: Optional[threading.Thread] = None) -> None:
-        """Outputs off and closed first, then everything else; safe on a half-built chair."""
+        """Outputs off first, then every part in the reverse order of opening. Safe to call twice."""
         self.bank.all_off("close")
-        for stop in ("health", "watchdog"):
-            if hasattr(self, stop):
-                getattr(self, stop).stop()
-        if hasattr(self, "grabber") and not self.grabber.stop():
-            self.report.stuck_threads.append("relaxd-capture")
         if vision is not None and vision.is_alive():
             vision.join(timeout=2.0)
             if vision.is_alive():
                 self.report.stuck_threads.append(vision.name)
-        if self.estop_button is not None:
-            self.estop_button.close()
-        self.bank.close()
-        if self.recorder is not None and not self._unwritten:
-            self._unwritten = self.recorder.close(RECORDER_DRAIN_S)
-        if self.alerts is not None:
-            self.alerts.close()
-        if self.store is not None:
-            self.store.close()
+        self._parts.close()
+
+    def _stop_grabber(self) -> None:
+        if not self.grabber.stop():
+            self.report.stuck_threads.append("relaxd-capture")
+
+    def _close_recorder(self) -> None:
+        """Give the recorder ``RECORDER_DRAIN_S`` to write what is queued; keep what it could not."""
+        self._unwritten = self.recorder.close(RECORDER_DRAIN_S)

@@ -12,6 +12,10 @@ class RelaxdError(Exception):
     """Base class of every error relaxd raises on purpose."""
 
 
+class CommandTimeoutError(RelaxdError):
+    """An operator command was not carried out by the control loop in time (or the daemon is stopping)."""
+
+
 class ConfigError(RelaxdError):
     """The configuration file is missing, malformed, or has a bad key or value."""
 

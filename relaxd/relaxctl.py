@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from relaxd.errors import RelaxdError
 from relaxd.ipc import CommandError, ControlClient, DaemonUnreachableError, resolve_socket_path
 from relaxd.settings import IpcSettings
+from relaxd.vocabulary import CHANNELS
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -40,7 +41,7 @@ def _num(value: Optional[float]) -> str:
 
 
 def _levels(levels: dict[str, Any]) -> str:
-    return "  ".join(f"{name} {_num(levels.get(name))}" for name in ("light", "sound", "vibration"))
+    return "  ".join(f"{name} {_num(levels.get(name))}" for name in CHANNELS)
 
 
 def show_status(result: dict[str, Any]) -> str:
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ack.add_argument("--by", default=_who(), help="who acknowledged (default: your user name)")
     caps = command("set-caps", "set the child's caps (0..1); saved to the profile while a session runs",
                    aliases=["set_caps"])
-    for name in ("light", "sound", "vibration"):
+    for name in CHANNELS:
         caps.add_argument(f"--{name}", type=float, metavar="X", help=f"{name} cap, 0..1")
     command("list-profiles", "child profiles", aliases=["list_profiles", "profiles"])
     delete = command("delete-profile", "erase a child's profile (and with --with-sessions its sessions)",
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 ARGS: dict[str, tuple[str, ...]] = {
     "start": ("profile", "scenario"), "estop": ("by",), "reset": ("by",), "ack": ("id", "by"),
-    "set_caps": ("light", "sound", "vibration"), "list_sessions": ("limit", "profile"),
+    "set_caps": CHANNELS, "list_sessions": ("limit", "profile"),
     "delete_profile": ("profile", "with_sessions", "by"),
     "report": ("session",),
 }

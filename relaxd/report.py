@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from relaxd.errors import RelaxdError
-from relaxd.store import CSV_COLUMNS, GROUPS, RecordNotFoundError, SessionStore, StoreError, describe_end_reason
+from relaxd.store import CSV_COLUMNS, RecordNotFoundError, SessionStore, StoreError, describe_end_reason
+from relaxd.vocabulary import GROUPS
 
 LATEST = "latest"
 FIGURE_SIZE_IN = (12.0, 8.0)

@@ -39,14 +39,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import structlog
 
 from relaxd.errors import RelaxdError
+from relaxd.vocabulary import GROUPS, PRIORITIES
 
 if TYPE_CHECKING:  # only for type hints: the store does not depend on the vision side
     from relaxd.affect import AffectReading
 
 log = structlog.get_logger(__name__)
 
-GROUPS = ("negative", "neutral", "positive")
-PRIORITIES = ("high", "medium", "low")
 EXPORT_FORMATS = ("csv", "json")
 EXPORT_VERSION = 1
 

@@ -31,7 +31,7 @@ from relaxd.ipc import CommandError
 from relaxd.demo import ensure_demo_clip
 from relaxd.settings import (ActuatorSettings, ClassifierSettings, ControllerSettings, IpcSettings, SafetySettings,
                              Settings, StoreSettings)
-from relaxd.store import SessionStore
+from relaxd.store import SessionStore, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,24 @@ def test_estop_button_cuts_every_output_and_latches(tmp_path, tiny_model, demo_c
     chair.request_stop("test")
     thread.join(10)
     assert chair.report.final_state == "estopped"
+
+
+def test_a_part_that_fails_to_open_closes_the_ones_opened_before_it(tmp_path, tiny_model, demo_clip):
+    """A corrupted store file fails the chair's construction after the outputs and the e-stop
+    button are open: both are closed again (pins released, outputs off), so a second chair on
+    the same pins can open them and a technician meets one clear error, not a pin conflict."""
+    factory = MockFactory(pin_class=ChairPin)
+    settings = chair_settings(tmp_path, tiny_model, demo_clip,
+                              actuators=ActuatorSettings(light_backend="gpio", vibration_backend="gpio"),
+                              safety=SafetySettings(estop_pin=5))
+    (tmp_path / "relaxd.db").write_bytes(b"not a database, just bytes" * 100)
+    settings = dataclasses.replace(settings, store=dataclasses.replace(settings.store, path=str(tmp_path / "relaxd.db")))
+    with pytest.raises(StoreError):
+        Chair(settings, pin_factory=factory)
+    assert [factory.pin(n).state for n in (17, 27, 22, 12)] == [0, 0, 0, 0]
+    (tmp_path / "relaxd.db").unlink()
+    chair = Chair(settings, pin_factory=factory)  # the same pins open again: the first chair released them
+    chair.close()
 
 
 def test_camera_loss_fades_to_idle_and_alerts(tmp_path, tiny_model, demo_clip):

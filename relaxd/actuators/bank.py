@@ -29,10 +29,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from relaxd.actuators.base import RGB, Actuator, Light, OutputGate, OutputLatchedError, check_level, check_rgb
 from relaxd.errors import ConfigError
 from relaxd.settings import ActuatorSettings
+from relaxd.vocabulary import CHANNELS
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("light", "sound", "vibration")
 
 
 @dataclass(frozen=True)

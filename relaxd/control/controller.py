@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from relaxd.control.scenarios import Scenario, StimulusTargets
 from relaxd.errors import ConfigError, RelaxdError
 from relaxd.settings import ControllerSettings
+from relaxd.vocabulary import GROUPS, Priority
 
 if TYPE_CHECKING:
     from relaxd.affect import AffectReading
 
-GROUPS = ("negative", "neutral", "positive")
 _OPERATOR, _NO_FACE = "operator", "no face"
 
 
@@ -101,16 +101,6 @@ class EventKind(str, Enum):
     ESTOP_RESET = "estop_reset"
     FAULT = "fault"
     FAULT_CLEARED = "fault_cleared"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Priority(str, Enum):
-    """Alert priority; events without one are not alerts."""
-
-    HIGH = "high"
-    MEDIUM = "medium"
 
     def __str__(self) -> str:
         return self.value

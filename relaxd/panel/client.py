@@ -29,11 +29,11 @@ from relaxd.errors import RelaxdError
 from relaxd.ipc import CommandError, ControlClient
 from relaxd.panel import PanelProtocolError
 from relaxd.settings import PanelSettings
+from relaxd.vocabulary import CHANNELS, GROUPS
 
 log = structlog.get_logger(__name__)
 
-CHANNELS = ("light", "sound", "vibration")
-GROUPS = ("negative", "neutral", "positive", "none")
+GROUPS = (*GROUPS, "none")  # what the panel shows: the three groups, or no face
 # (key in the status reply's "health", what the operator reads)
 HEALTH_PARTS = (("camera", "Camera"), ("outputs", "Outputs"), ("vision", "Vision"),
                 ("controller", "Control loop"), ("latch", "E-stop"))

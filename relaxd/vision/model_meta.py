@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 from relaxd.errors import ModelError
 from relaxd.vision.preprocess import PreprocessSpec
+from relaxd.vocabulary import GROUPS
 
 FORMAT = "relaxd-model/1"
-GROUPS = ("negative", "neutral", "positive")
 FER2013_LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 FER2013_GROUPS = {
     "negative": ("angry", "disgust", "fear", "sad", "surprise"),
