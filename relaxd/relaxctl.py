@@ -120,13 +120,27 @@ def _who() -> str:
         return "relaxctl"
 
 
+def _bounded(kind: Callable[[str], Any], low: float, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: a finite number in [low, high], else a message that says what is allowed."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}") from None
+        if not low <= value <= high:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {what}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaxctl", description="Control a running relaxd over its socket.",
                                      epilog="exit codes: 0 done, 1 refused by relaxd, 2 cannot reach relaxd")
-    parser.add_argument("--socket", type=Path, metavar="PATH", help="the control socket (default: see below)")
+    parser.add_argument("--socket", type=Path, metavar="PATH", help="the control socket (default: from --config, else relaxd's default)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="take the socket path from this relaxd config")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait this long for an answer")
+    parser.add_argument("--timeout", type=_bounded(float, 0.1, 600.0, "seconds from 0.1 to 600"), default=5.0,
+                        metavar="S", help="wait this long for an answer (0.1 to 600 s, default 5)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -150,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     caps = command("set-caps", "set the child's caps (0..1); saved to the profile while a session runs",
                    aliases=["set_caps"])
     for name in CHANNELS:
-        caps.add_argument(f"--{name}", type=float, metavar="X", help=f"{name} cap, 0..1")
+        caps.add_argument(f"--{name}", type=_bounded(float, 0.0, 1.0, "a cap from 0 to 1"), metavar="X",
+                          help=f"{name} cap, 0..1")
     command("list-profiles", "child profiles", aliases=["list_profiles", "profiles"])
     delete = command("delete-profile", "erase a child's profile (and with --with-sessions its sessions)",
                      aliases=["delete_profile"])
@@ -160,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--by", default=_who(), help="who (default: your user name)")
     command("list-scenarios", "scenarios the daemon loaded", aliases=["list_scenarios", "scenarios"])
     sessions = command("list-sessions", "recorded sessions, newest first", aliases=["list_sessions", "sessions"])
-    sessions.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    sessions.add_argument("--limit", type=_bounded(int, 1, 10000, "a whole number from 1 to 10000"), default=20, help="at most this many (default 20)")
     sessions.add_argument("--profile", help="only this profile's sessions")
     report = command("report", "draw a session's report (PNG picture, CSV table) beside the socket")
     report.add_argument("session", help="a session id (see list-sessions) or 'latest'")

@@ -674,3 +674,16 @@ def test_a_request_id_that_is_not_finite_gets_an_error_reply(constant):
             assert constant in answers[0]["error"]["message"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--timeout", "-1", "status"], ["--timeout", "0", "status"], ["--timeout", "nan", "status"],
+    ["--timeout", "inf", "status"], ["--timeout", "soon", "status"],
+    ["set-caps", "--light", "1.5"], ["set-caps", "--sound", "nan"], ["set-caps", "--vibration", "-0.1"],
+    ["list-sessions", "--limit", "0"], ["list-sessions", "--limit", "2.5"],
+])
+def test_bad_option_values_get_a_usage_error_not_a_traceback(argv, capsys):
+    assert relaxctl(["--socket", "/nonexistent/relaxd.sock", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "give" in err and argv[argv.index(next(a for a in argv if a.startswith("--")) ) + 1] in err
