@@ -18,6 +18,9 @@ Decisions made here:
 * **Schema versions by number**: ``_MIGRATIONS[n]`` turns version ``n-1`` into ``n``;
   each runs in one transaction with its row in ``schema_version``, so opening a store
   twice (or after a crash mid-migration) is always safe.
+* **Session ids are never reused** (AUTOINCREMENT, since schema version 2): after an
+  erasure deletes a child's sessions, the next session still gets a new number, so a
+  note, a backup or an exported report that names a session id means one session.
 * Wall-clock times are ISO 8601 strings in UTC with milliseconds; second numbers of a
   session count from its start.
 """
@@ -160,6 +163,24 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             delivered_at TEXT
         )""",
         "CREATE INDEX outbox_pending ON outbox(delivered_at, seq)",
+    ),
+    # Session ids are never reused, even after an erasure deleted the newest sessions: notes,
+    # backups and exported reports that say "session 12" mean one session for ever. SQLite
+    # cannot add AUTOINCREMENT to a table, so the table is rebuilt (its rows keep their ids).
+    2: (
+        """CREATE TABLE sessions_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            profile_id INTEGER REFERENCES profiles(id) ON DELETE CASCADE,
+            scenario TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            end_reason TEXT
+        )""",
+        "INSERT INTO sessions_v2 (id, profile_id, scenario, started_at, ended_at, end_reason) "
+        "SELECT id, profile_id, scenario, started_at, ended_at, end_reason FROM sessions",
+        "DROP TABLE sessions",
+        "ALTER TABLE sessions_v2 RENAME TO sessions",
+        "CREATE INDEX sessions_by_profile ON sessions(profile_id)",
     ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
@@ -380,14 +401,25 @@ class SessionStore:
                 f"relaxd knows ({SCHEMA_VERSION}): upgrade relaxd, or set store.path to another file"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self._tx() as conn:
-                # Re-check inside the write lock: another process may have migrated meanwhile.
-                done = conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,))
-                if done.fetchone():
-                    continue
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_iso()))
+            # Foreign keys are off while a migration rebuilds a table (SQLite's own procedure):
+            # dropping the old table must not cascade into the rows that refer to it.
+            self._connection().execute("PRAGMA foreign_keys = OFF")
+            try:
+                with self._tx() as conn:
+                    # Re-check inside the write lock: another process may have migrated meanwhile.
+                    done = conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,))
+                    if done.fetchone():
+                        continue
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"migrating the session store {self.path} to version {version} left "
+                                         f"{len(broken)} broken references; nothing was changed: keep the file "
+                                         "and report it")
+                    conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_iso()))
+            finally:
+                self._connection().execute("PRAGMA foreign_keys = ON")
             log.info("store.migrated", path=str(self.path), version=version)
 
     def schema_version(self) -> int:

@@ -57,6 +57,45 @@ def test_reopening_does_not_migrate_twice(tmp_path):
     assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
+def test_session_ids_are_never_reused_after_an_erasure(store):
+    """Notes and exported reports that say "session 2" must keep meaning one session."""
+    keep = store.create_profile("kid-keep").id
+    erased = store.create_profile("kid-erased").id
+    first = store.start_session(keep, "calm-sea")
+    second = store.start_session(erased, "calm-sea")
+    assert store.delete_profile(erased, with_sessions=True) == [second]
+    third = store.start_session(keep, "calm-sea")
+    assert third > second > first, (first, second, third)
+
+
+def test_a_version_1_store_migrates_keeping_its_sessions_and_their_rows(tmp_path):
+    """The sessions table is rebuilt for AUTOINCREMENT: ids, events and seconds of old sessions survive."""
+    from relaxd import store as store_module
+
+    path = tmp_path / "relaxd.db"
+    version_1 = {1: store_module._MIGRATIONS[1]}
+    original = store_module._MIGRATIONS
+    store_module._MIGRATIONS, store_module.SCHEMA_VERSION = version_1, 1
+    try:
+        with SessionStore(path) as old:
+            kid = old.create_profile("kid-old").id
+            old_ids = [old.start_session(kid, "calm-sea") for _ in range(3)]
+            old.add_event(old_ids[1], "started", from_state="idle", to_state="starting", reason="test")
+    finally:
+        store_module._MIGRATIONS, store_module.SCHEMA_VERSION = original, max(original)
+    with SessionStore(path) as new:
+        assert new.schema_version() == SCHEMA_VERSION
+        assert [s.id for s in new.list_sessions(limit=10)] == sorted(old_ids, reverse=True)
+        assert [e["kind"] for e in new.events(old_ids[1])] == ["started"]
+        assert new._one("PRAGMA foreign_keys")[0] == 1
+        newest = new.start_session(kid, "calm-sea")
+        assert newest == max(old_ids) + 1
+        erased = new.create_profile("kid-erased").id
+        gone = new.start_session(erased, "calm-sea")
+        new.delete_profile(erased, with_sessions=True)
+        assert new.start_session(kid, "calm-sea") == gone + 1
+
+
 def test_store_from_a_newer_relaxd_is_refused(tmp_path):
     path = tmp_path / "relaxd.db"
     SessionStore(path).close()
