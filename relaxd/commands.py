@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 REPORTS_DIR = "reports"  # beside the control socket, in the daemon's runtime folder
 REPORTS_DIR_MODE = 0o750  # the daemon writes; the socket's group (relaxctl, the panel) reads
 REPORT_FILE_MODE = 0o640
+ALERT_PREFIX_MIN = 4  # an alarm id may be shortened to this many characters, as long as one alarm matches
 
 
 class _Args:
@@ -163,7 +164,7 @@ class ChairCommands:
     def _operator(self, action: str) -> dict[str, Any]:
         def run(now: float) -> tuple[dict[str, Any], list]:
             events = getattr(self.chair.controller, action)(now)
-            return {"state": self._state()}, events
+            return {"state": self._state(), "changed": bool(events)}, events
 
         return self._in_loop(run)
 
@@ -212,17 +213,31 @@ class ChairCommands:
         return self._in_loop(reset)
 
     def ack(self, args: _Args) -> dict[str, Any]:
-        alert_id = args.text("id", required=True)
+        alert_id = self._alert_id(args.text("id", required=True, max_len=64))
         by = args.text("by", default="socket", max_len=64)
         if self.chair.alerts is None:
             raise CommandError(FAILED, "alerts are not running")
         return self.chair.alerts.acknowledge(alert_id, by).to_dict()
 
+    def _alert_id(self, given: str) -> str:
+        """The alarm a full id or an unambiguous prefix of at least ``ALERT_PREFIX_MIN`` characters names (as git
+        takes commit ids): nobody should have to type 32 hex digits at a chair."""
+        if len(given) < ALERT_PREFIX_MIN:
+            raise CommandError(BAD_ARGS, f"alarm id {given!r} is too short: give at least {ALERT_PREFIX_MIN} of its "
+                                         "characters (relaxctl status lists the alarms)")
+        matches = self._store().alert_ids_starting(given)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise CommandError(NOT_FOUND, f"no alarm id starts with {given!r} (relaxctl status lists the alarms)")
+        raise CommandError(BAD_ARGS, f"{given!r} starts {len(matches)}{'+' if len(matches) >= 10 else ''} alarm ids "
+                                     f"({', '.join(m[:12] for m in matches[:3])}...): give more characters")
+
     def set_caps(self, args: _Args) -> dict[str, Any]:
         caps = {name: args.number(name, 0.0, 1.0) for name in CHANNELS}
         caps = {name: value for name, value in caps.items() if value is not None}
         if not caps:
-            raise CommandError(BAD_ARGS, "set_caps needs at least one of light, sound, vibration (each 0..1)")
+            raise CommandError(BAD_ARGS, "set-caps needs at least one of --light, --sound, --vibration (each 0 to 1)")
         chair = self.chair
 
         def set_caps(now: float) -> tuple[Any, list]:
@@ -255,7 +270,7 @@ class ChairCommands:
             raise CommandRejected(f"profile {self._erasing!r} is being deleted: try again when that is done")
         profile = store.find_profile(pseudonym)
         if profile is None:
-            raise RecordNotFoundError(f"no profile named {pseudonym!r} (see list_profiles)")
+            raise RecordNotFoundError(f"no profile named {pseudonym!r} (relaxctl list-profiles lists them)")
 
         def claim(now: float) -> tuple[int, list]:
             if self._erasing is not None:
@@ -298,7 +313,7 @@ class ChairCommands:
         if pseudonym is not None:
             found = store.find_profile(pseudonym)
             if found is None:
-                raise CommandError(NOT_FOUND, f"no profile named {pseudonym!r} (see list_profiles)")
+                raise CommandError(NOT_FOUND, f"no profile named {pseudonym!r} (relaxctl list-profiles lists them)")
             profile_id = found.id
         return [{**asdict(s), "profile": names.get(s.profile_id)}
                 for s in store.list_sessions(profile_id=profile_id, limit=limit)]

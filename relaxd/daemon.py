@@ -81,6 +81,8 @@ class ControlView:
     session: Optional[SessionHandle]
     transition: Optional[dict[str, Any]]  # the last event that changed the state
     reading: Optional[AffectReading]  # the newest affect reading
+    decision: Optional[dict[str, Any]]  # the controller's last event of any kind (a raise, a lower...)
+    last_session: Optional[dict[str, Any]]  # the session that ended last, until the next one starts
 
 
 def to_levels(targets: Any) -> StimulusLevels:
@@ -176,6 +178,8 @@ class Chair:
         self._commands: queue.SimpleQueue[tuple[Callable[[float], Any], Future]] = queue.SimpleQueue()
         self._view: Optional[ControlView] = None
         self._last_transition: Optional[dict[str, Any]] = None
+        self._last_decision: Optional[dict[str, Any]] = None
+        self._last_session: Optional[dict[str, Any]] = None
         self._last_reading: Optional[AffectReading] = None
         self.ipc: Optional[ControlServer] = None
         # What can be rejected (model, cascade, scenarios) loads before any output is opened.
@@ -306,6 +310,7 @@ class Chair:
         session, self._session = self._session, None
         if session is None:
             return
+        self._last_session = {"id": session.id, "profile": session.pseudonym, "end_reason": reason}
         row = self._accumulator.flush() if self._accumulator is not None else None
         ended_at = now_iso()
 
@@ -324,6 +329,7 @@ class Chair:
             self.report.events.append(data)
             if data["state_from"] != data["state_to"]:
                 self._last_transition = {k: data[k] for k in ("kind", "state_from", "state_to", "reason")}
+            self._last_decision = {k: data[k] for k in ("time", "kind", "reason")}
             log.info("controller.event", **{k: v for k, v in data.items() if k != "time"})
             self._submit_event(data)
             if event.is_alert:
@@ -489,7 +495,8 @@ class Chair:
 
     def _control_view(self, now: float) -> ControlView:
         return ControlView(now, self.controller.state.value, self.controller.scenario, self._phase,
-                           self.controller.intensity, self._session, self._last_transition, self._last_reading)
+                           self.controller.intensity, self._session, self._last_transition, self._last_reading,
+                           self._last_decision, None if self._session is not None else self._last_session)
 
     def _fail_pending_commands(self) -> None:
         while True:
@@ -514,6 +521,10 @@ class Chair:
             "state": view.state,
             "reason": view.transition["reason"] if view.transition else "",
             "last_transition": view.transition,
+            "last_decision": None if view.decision is None else {
+                "kind": view.decision["kind"], "reason": view.decision["reason"],
+                "age_s": max(0.0, view.time - view.decision["time"])},
+            "last_session": view.last_session,
             "scenario": view.scenario,
             "phase": view.phase,
             "session": session,

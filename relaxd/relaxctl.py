@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from relaxd.errors import RelaxdError
 from relaxd.ipc import CommandError, ControlClient, DaemonUnreachableError, resolve_socket_path
 from relaxd.settings import IpcSettings
+from relaxd.store import describe_end_reason
 from relaxd.vocabulary import CHANNELS
 
 EXIT_OK = 0
@@ -46,10 +47,18 @@ def _levels(levels: dict[str, Any]) -> str:
 
 def show_status(result: dict[str, Any]) -> str:
     lines = [f"state     {result['state']}" + (f" ({result['reason']})" if result.get("reason") else "")]
+    decision = result.get("last_decision")
+    if decision:
+        lines.append(f"decided   {decision['kind'].replace('_', ' ')} {decision['age_s']:.0f} s ago: "
+                     f"{decision['reason']}")
     session = result.get("session")
+    last = result.get("last_session")
     if session:
         lines.append(f"session   {session['id']}, profile {session['profile']}, scenario {result.get('scenario')}, "
                      f"intensity {_num(result.get('intensity'))}")
+    elif last:
+        lines.append(f"session   none (the last, {last['id']} for {last['profile']}, ended: "
+                     f"{describe_end_reason(last['end_reason'])})")
     else:
         lines.append("session   none")
     lines.append(f"outputs   {_levels(result['levels'])}   (caps {_levels(result['caps'])})")
@@ -88,13 +97,17 @@ def show_caps(result: dict[str, Any]) -> str:
     return f"caps {_levels(result['caps'])}; {where}"
 
 
+def _operated(result: dict[str, Any], verb: str) -> str:
+    return f"state {result['state']}" + ("" if result.get("changed", True) else f" (nothing to {verb})")
+
+
 SHOW: dict[str, Callable[[Any], str]] = {
     "status": show_status,
     "start": lambda r: f"started session {r['session_id']} for {r['profile']}: scenario {r['scenario']} "
                        f"(state {r['state']})",
-    "pause": lambda r: f"state {r['state']}",
-    "resume": lambda r: f"state {r['state']}",
-    "stop": lambda r: f"state {r['state']}",
+    "pause": lambda r: _operated(r, "pause"),
+    "resume": lambda r: _operated(r, "resume"),
+    "stop": lambda r: _operated(r, "stop"),
     "estop": lambda r: f"EMERGENCY STOP latched (by {r['tripped_by']}); outputs off",
     "reset": lambda r: f"reset; state {r['state']} (start a session to stimulate again)",
     "ack": lambda r: f"acknowledged {r['id']} ({r['kind']}) by {r['acknowledged_by']}",
@@ -159,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reset", "reset the emergency stop or a fault (starts nothing)")):
         command(name, help).add_argument("--by", default=_who(), help="who (default: your user name)")
     ack = command("ack", "acknowledge an alarm")
-    ack.add_argument("id", help="the alarm id (see relaxctl status)")
+    ack.add_argument("id", help="the alarm id, or its first few characters (relaxctl status lists them)")
     ack.add_argument("--by", default=_who(), help="who acknowledged (default: your user name)")
     caps = command("set-caps", "set the child's caps (0..1); saved to the profile while a session runs",
                    aliases=["set_caps"])
@@ -225,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CommandError as error:
         if args.json:
             print(json.dumps({"error": {"code": error.code, "message": error.message}}))
-        print(f"relaxctl: {args.cmd} refused ({error.code}): {error.message}", file=sys.stderr)
+        print(f"relaxctl: {args.cmd.replace('_', '-')} refused: {error.message}", file=sys.stderr)
         return EXIT_REFUSED
     except RelaxdError as error:  # unreachable daemon, bad socket setting or config file
         print(f"relaxctl: {error}", file=sys.stderr)

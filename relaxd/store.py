@@ -519,7 +519,7 @@ class SessionStore:
     def get_profile(self, profile_id: int) -> Profile:
         row = self._one("SELECT * FROM profiles WHERE id = ?", (profile_id,))
         if row is None:
-            raise RecordNotFoundError(f"no profile with id {profile_id} (list them with list_profiles)")
+            raise RecordNotFoundError(f"no profile with id {profile_id} (relaxctl list-profiles lists them)")
         return Profile(**dict(row))
 
     def find_profile(self, pseudonym: str) -> Optional[Profile]:
@@ -575,7 +575,7 @@ class SessionStore:
         if sessions and not with_sessions:
             raise InvalidRecordError(
                 f"profile {profile.pseudonym!r} has {len(sessions)} recorded session(s): keep the reports you "
-                "need, then delete them with the profile (with_sessions=True)"
+                "need, then erase them with it (relaxctl delete-profile NAME --with-sessions)"
             )
         for session_id in sessions:
             with self._tx() as conn:
@@ -659,7 +659,7 @@ class SessionStore:
     def get_session(self, session_id: int) -> SessionRecord:
         row = self._one("SELECT * FROM sessions WHERE id = ?", (session_id,))
         if row is None:
-            raise RecordNotFoundError(f"no session with id {session_id} (list them with list_sessions)")
+            raise RecordNotFoundError(f"no session with id {session_id} (relaxctl list-sessions lists them)")
         return SessionRecord(**dict(row))
 
     def list_sessions(self, *, profile_id: Optional[int] = None, limit: int = 50) -> list[SessionRecord]:
@@ -780,6 +780,13 @@ class SessionStore:
             if outbox is not None:
                 self._enqueue(conn, alert_id, *outbox)
         return True
+
+    def alert_ids_starting(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids of the alerts whose id starts with ``prefix`` (case-insensitive), at most ``limit``, newest first."""
+        escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._all("SELECT id FROM alerts WHERE id LIKE ? ESCAPE '\\' ORDER BY time DESC LIMIT ?",
+                         (escaped + "%", limit))
+        return [row["id"] for row in rows]
 
     def get_alert(self, alert_id: str) -> dict[str, Any]:
         row = self._one("SELECT * FROM alerts WHERE id = ?", (alert_id,))

@@ -597,10 +597,16 @@ def test_time_going_backwards_is_an_error():
         chair.controller.tick(chair.now - 1.0)
 
 
-def test_resume_while_running_is_rejected():
+def test_pause_resume_and_stop_with_nothing_to_do_change_nothing_and_record_nothing():
+    """One rule for the three: a second pause, a resume while running, any of them at idle is a no-op."""
     chair = running_chair()
-    with pytest.raises(CommandRejected, match="cannot resume while running"):
-        chair.command("resume")
+    assert chair.command("resume") == [] and chair.state == State.RUNNING
+    assert [e.kind for e in chair.command("pause")] == [EventKind.PAUSED]
+    assert chair.command("pause") == [] and chair.state == State.PAUSED  # not "paused -> paused"
+    chair.command("stop")
+    assert chair.state == State.IDLE
+    for command in ("pause", "resume", "stop"):
+        assert chair.command(command) == [] and chair.state == State.IDLE, command
 
 
 # --------------------------------------------------------------------------- a realistic sequence

@@ -303,9 +303,15 @@ class Controller:
         self._enter(State.STARTING, now, EventKind.STARTED, f"operator started '{name}'", data=data)
         return self._take_events()
 
+    # pause, resume and stop do nothing (no event) when there is nothing to do: no session,
+    # already paused, already running. They are refused only where the e-stop or a fault holds
+    # the chair, or a halt has not lasted halt_min_s.
+
     def pause(self, now: float) -> list[Event]:
         """Operator pause: low intensity, programme held, until the operator resumes."""
         self._advance(now)
+        if self._state in (State.IDLE, State.PAUSED):
+            return []
         self._require(tuple(STIMULATING), "pause")
         self._pause(now, _OPERATOR, "operator paused")
         return self._take_events()
@@ -313,6 +319,8 @@ class Controller:
     def resume(self, now: float) -> list[Event]:
         """Operator resume from a pause, or from a halt once ``halt_min_s`` has passed."""
         self._advance(now)
+        if self._state in (State.IDLE, State.STARTING, State.RUNNING):
+            return []
         self._require((State.PAUSED, State.HALTED), "resume")
         if self._state == State.HALTED:
             self._resume_after_halt(now)
