@@ -244,12 +244,15 @@ class IpcSettings:
     idle_timeout_s: float = ranged(600.0, 1.0, 86400.0, "a client silent this long is disconnected")
 
 
+DEFAULT_PANEL_PIN = "1234"  # the panel warns, on screen and in its log, until a chair has its own
+
+
 @dataclass(frozen=True)
 class PanelSettings:
     """The touchscreen panel (relaxd.panel, its own process, a client of the control socket)."""
 
-    pin: str = text("1234", "4 to 8 digits that unlock the panel's settings screen (e-stop reset); quote it "
-                    "in YAML (pin: \"4711\"); change the default on every chair")
+    pin: str = text(DEFAULT_PANEL_PIN, "4 to 8 digits that unlock the panel's settings screen (e-stop reset); "
+                    "quote it in YAML (pin: \"4711\"); change the default on every chair")
     poll_interval_s: float = ranged(0.25, 0.05, 5.0, "the panel asks the daemon for its status this often")
     request_timeout_s: float = ranged(3.0, 0.5, 30.0, "a panel command waits this long for the daemon's answer "
                                       "(keep it above ipc.command_timeout_s)")

@@ -157,7 +157,7 @@ def chair_at_idle(running):
 def panel(chair_at_idle):
     _, path = chair_at_idle
     app = PanelApp(path, FAST)
-    assert frames_until(app, lambda: app.state.connected and "IDLE" in app.labels), app.labels
+    assert frames_until(app, lambda: app.state.connected and "Idle" in app.labels), app.labels
     yield app
     app.close()
 
@@ -268,7 +268,7 @@ def test_home_screen_draws_affect_timeline_levels_and_health(tmp_path):
         home = HomeScreen()
         home.draw(painter, Host())
         pygame.image.save(surface, str(tmp_path / "home-with-affect.png"))
-        for text in ("RUNNING", "kid-7", "calm-sea", "open-sea", "positive (happy)", "72%", "Control loop"):
+        for text in ("Running", "kid-7", "calm-sea", "open-sea", "positive (happy)", "72%", "Control loop"):
             assert text in painter.labels, text
         strip = pygame.surfarray.array3d(surface)[12:616, 280]  # the timeline's affect strip, one row
         for group in ("neutral", "negative", "positive"):
@@ -402,7 +402,7 @@ def test_stop_is_sent_at_once_while_another_command_hangs():
 def test_every_screen_shows_stop_and_its_content(panel, tmp_path):
     app = panel
     home = shot(app, tmp_path, "home")
-    for text in ("IDLE", "Camera", "Outputs", "Vision", "Control loop", "E-stop", "Pause", "End session"):
+    for text in ("Idle", "Camera", "Outputs", "Vision", "Control loop", "E-stop", "Pause", "End session"):
         assert text in app.labels, text
 
     press(app, "Start")
@@ -435,9 +435,9 @@ def test_a_touch_on_stop_latches_the_chair_then_ack_and_reset_behind_the_pin(pan
     status = call(path, "status")
     assert status["health"]["latch"]["tripped_by"] == "panel"
 
-    assert frames_until(app, lambda: "Acknowledge" in app.labels and "ESTOPPED" in app.labels), app.labels
+    assert frames_until(app, lambda: "Acknowledge" in app.labels and "Emergency stop" in app.labels), app.labels
     banner = shot(app, tmp_path, "alarm")
-    assert any(label.startswith("ALARM estop") for label in app.labels)
+    assert any(label.startswith("ALARM: Emergency stop") for label in app.labels)
     assert red_share(pygame.image.load(str(banner)), pygame.Rect(0, 0, 400, 70)) == 0.0, "STOP red is STOP only"
     banner_pixels = pygame.surfarray.array3d(pygame.image.load(str(banner)))[5:400, 2:68]
     assert np.all(banner_pixels == ALARM_HIGH, axis=-1).mean() > 0.5, "the banner has the high-alarm colour"
@@ -469,7 +469,7 @@ def test_a_fault_is_reset_behind_the_pin_with_its_own_label(panel, running):
     chair, path = running
     call(path, "start", profile="kid-panel-fault", scenario="calm-sea")
     chair.call_in_control_loop(lambda now: (None, chair.controller.fault(now, "vision stalled (test)")), 2.0)
-    assert frames_until(app, lambda: "FAULT" in app.labels), app.labels
+    assert frames_until(app, lambda: "Fault" in app.labels), app.labels
     press(app, "Start")
     assert frames_until(app, lambda: any("reset it in Settings" in label for label in app.labels)), app.labels
     press(app, "Settings")
@@ -488,8 +488,15 @@ def test_a_session_is_started_paused_resumed_and_ended_by_touch(panel, tmp_path)
     press(app, "Start")
     assert frames_until(app, lambda: "calm-sea" in app.labels)
     press(app, "New child")
+    assert app.current == "name" and any(label.startswith("child-") for label in app.labels), "a pseudonym is offered"
+    shot(app, tmp_path, "name")
+    for _ in range(12):
+        press(app, "Del")
+    for key in "kid-7x":
+        press(app, key)
+    press(app, "Use this pseudonym")
     child = app.shown.profile
-    assert child.startswith("child-")
+    assert app.current == "start" and child == "kid-7x", (app.current, child)
     press(app, "calm-sea")
     press(app, "Start", nth=1)  # the first "Start" is the navigation tab
     assert wait_for(lambda: (call(path, "status")["session"] or {}).get("profile") == child), "no session started"
@@ -499,7 +506,7 @@ def test_a_session_is_started_paused_resumed_and_ended_by_touch(panel, tmp_path)
 
     press(app, "Pause")
     assert wait_for(lambda: call(path, "status")["state"] == "paused")
-    assert frames_until(app, lambda: "PAUSED" in app.labels)
+    assert frames_until(app, lambda: "Paused" in app.labels)
     press(app, "Resume")
     assert wait_for(lambda: call(path, "status")["state"] in ("starting", "running"))
     assert frames_until(app, lambda: any(b.label == "End session" and b.enabled for b in app.shown.buttons))
@@ -600,7 +607,7 @@ def test_disconnected_screen_then_reconnects_when_the_daemon_appears(tmp_path, t
         assert frames_until(app, lambda: any(label.startswith("STOP did not reach the chair") for label in app.labels))
 
         chair, thread = start_chair(tmp_path, tiny_model, clip, path)
-        assert frames_until(app, lambda: app.state.connected and "IDLE" in app.labels, timeout=15), app.labels
+        assert frames_until(app, lambda: app.state.connected and "Idle" in app.labels, timeout=15), app.labels
         shot(app, tmp_path, "reconnected")
         assert not chair.latch.latched, "the STOP pressed while disconnected does not linger"
         stop_chair(chair, thread)

@@ -27,14 +27,17 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import pygame
+import structlog
 
 from relaxd.errors import RelaxdError
 from relaxd.panel import PanelConfigError
 from relaxd.panel.client import UNREACHABLE, ChairLink, Outcome, PanelState, Sample
-from relaxd.panel.screens import (SIZE, CapsScreen, Chrome, DisconnectedScreen, HomeScreen, Screen,
-                                  SessionsScreen, SettingsScreen, StartScreen)
+from relaxd.panel.screens import (SIZE, AlarmsScreen, CapsScreen, Chrome, DisconnectedScreen, HomeScreen,
+                                  NameScreen, Screen, SessionsScreen, SettingsScreen, StartScreen)
 from relaxd.panel.widgets import BACKGROUND, BAD_RED, GO_GREEN, TEXT, Colour, Painter
-from relaxd.settings import PanelSettings
+from relaxd.settings import DEFAULT_PANEL_PIN, PanelSettings
+
+log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -77,16 +80,23 @@ class PanelApp:
         pygame.display.set_caption("relaxd panel")
         self.canvas = self.window if self.window.get_size() == SIZE else pygame.Surface(SIZE)
         self._place()
+        if pin == DEFAULT_PANEL_PIN:
+            log.warning("panel.default_pin", pin=pin, fix="set panel.pin in the chair's config (or pass --pin): "
+                        "with the default anyone can reset the e-stop")
         self.link = ChairLink(self.socket_path, settings, clock=clock).start()
-        self.screens: dict[str, Screen] = {s.name: s for s in (HomeScreen(), StartScreen(), CapsScreen(),
+        start = StartScreen()
+        self.screens: dict[str, Screen] = {s.name: s for s in (HomeScreen(), start, NameScreen(start), AlarmsScreen(), CapsScreen(),
                                                                  SessionsScreen(), SettingsScreen(pin))}
         self.disconnected = DisconnectedScreen()
         self.chrome = Chrome(self.stop_pressed)
         self.current = "home"
         self.labels: list[str] = []  # the text drawn in the last frame
+        self.frame: Optional[Painter] = None  # the last frame's painter: where its text went, what did not fit
         self.shown: Screen = self.disconnected  # the screen drawn in the last frame
         self._state = self.link.state
         self._notice: Optional[tuple[str, Colour, float]] = None
+        # A STOP that did not reach the chair stays on screen until a STOP does (or the chair shows it latched).
+        self._stop_failure: Optional[str] = None
         self._frames = pygame.time.Clock()
         self._running = True
 
@@ -129,8 +139,7 @@ class PanelApp:
         if self._state.connected:
             self.notice("STOP sent…", BAD_RED)
         else:
-            self.notice("The chair is not connected: STOP cannot reach it. Use the chair's emergency button.",
-                        BAD_RED)
+            self._stop_failure = "STOP cannot reach the chair (not connected): press the chair's own emergency button"
 
     def tap(self, pos: tuple[int, int]) -> None:
         """A touch at ``pos`` in logical pixels: STOP and the frame first, then the screen's buttons."""
@@ -169,10 +178,11 @@ class PanelApp:
     def handle_outcome(self, outcome: Outcome) -> None:
         if outcome.cmd == "estop":
             if outcome.ok:
+                self._stop_failure = None
                 self.notice("EMERGENCY STOP: all outputs off (latched; reset in Settings)", BAD_RED)
             else:
                 why = "not connected" if outcome.code == UNREACHABLE else outcome.message
-                self.notice(f"STOP did not reach the chair ({why}): use the chair's emergency button", BAD_RED)
+                self._stop_failure = f"STOP did not reach the chair ({why}): press the chair's own emergency button"
             return
         if not outcome.ok:
             why = "not connected" if outcome.code == UNREACHABLE else outcome.message
@@ -201,10 +211,14 @@ class PanelApp:
         self.shown = self.screens[self.current] if self._state.connected else self.disconnected
         self.shown.draw(painter, self)
         notice = None
-        if self._notice is not None and self._notice[2] > self._clock():
+        if self._stop_failure is not None and self._state.latched:
+            self._stop_failure = None  # the chair is stopped after all (its own button, another client)
+        if self._stop_failure is not None:
+            notice = (self._stop_failure, BAD_RED)
+        elif self._notice is not None and self._notice[2] > self._clock():
             notice = self._notice[:2]
         self.chrome.draw(painter, self, self.current, notice)
-        self.labels = painter.labels
+        self.labels, self.frame = painter.labels, painter
         if self.canvas is not self.window:
             self.window.fill((0, 0, 0))
             scaled = pygame.transform.smoothscale(self.canvas, (round(SIZE[0] * self._scale),

@@ -77,7 +77,10 @@ class PanelState:
     connected: bool
     problem: str = ""  # why there is no reply; "" while the first attempt is still under way
     state: str = "unknown"
-    reason: str = ""
+    reason: str = ""  # why the chair is in its state
+    decision: str = ""  # the controller's last decision and why ("intensity raised: ..."), "" before any
+    decision_age_s: Optional[float] = None
+    last_profile: Optional[str] = None  # the child of the session that ended last, while none runs
     scenario: Optional[str] = None
     phase: Optional[str] = None  # shown when the daemon's status carries it
     profile: Optional[str] = None
@@ -117,12 +120,16 @@ class PanelState:
                                      "is the daemon a matching relaxd version?")
         try:
             session = status.get("session") or {}
+            decision = status.get("last_decision") or {}
             health = status["health"]
             latch = health.get("latch", {})
             return cls(
                 connected=True,
                 state=str(status["state"]),
                 reason=str(status.get("reason") or ""),
+                decision=(f"{str(decision['kind']).replace('_', ' ')}: {decision['reason']}" if decision else ""),
+                decision_age_s=decision.get("age_s"),
+                last_profile=(status.get("last_session") or {}).get("profile"),
                 scenario=status.get("scenario"),
                 phase=status.get("phase"),
                 profile=session.get("profile"),

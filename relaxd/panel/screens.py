@@ -41,7 +41,8 @@ from relaxd.ipc import PROTOCOL_VERSION
 from relaxd.panel.client import CHANNELS, Outcome, PanelState, Sample, Timeline
 from relaxd.panel.widgets import (ALARM_HIGH, ALARM_MEDIUM, BAD_RED, BUTTON, CHANNEL_COLOURS, GO_GREEN,
                                   GROUP_COLOURS, MUTED, SELECTED, STATE_COLOURS, STOP_RED, SURFACE, TEXT, WARN_AMBER,
-                                  Banner, Bar, Button, Colour, Keypad, Painter, draw_dot, fit)
+                                  Bar, Button, Colour, Keypad, Painter, draw_dot, fit)
+from relaxd.settings import DEFAULT_PANEL_PIN
 from relaxd.settings import PanelSettings
 from relaxd.store import describe_end_reason
 
@@ -49,11 +50,28 @@ SIZE = (800, 480)
 STOP_RECT = pygame.Rect(636, 4, 160, 150)
 BANNER_RECT = pygame.Rect(0, 0, 628, 70)
 ACK_RECT = pygame.Rect(484, 4, 140, 62)
-NOTICE_POS = (12, 74)
+NOTICE_RECT = pygame.Rect(12, 70, 612, 31)  # one line, or two small ones for a long message
 CONTENT = pygame.Rect(8, 100, 620, 376)
 NAV = (("home", "Home"), ("start", "Start"), ("caps", "Caps"), ("sessions", "Sessions"), ("settings", "Settings"))
 NAV_TOP, NAV_STEP, NAV_HEIGHT = 160, 63, 60
 SESSIONS_LISTED = 40  # the sessions screen pages through this many of the newest
+PSEUDONYM_MAX = 64  # what the daemon accepts
+# What the operator reads for each state: words, not the protocol's names.
+STATE_TITLES = {"idle": "Idle", "starting": "Starting", "running": "Running", "paused": "Paused",
+                "halted": "Halted", "estopped": "Emergency stop", "fault": "Fault", "unknown": "Unknown"}
+
+
+ALARM_TITLES = {"adverse_reaction": "Adverse reaction", "estop": "Emergency stop",
+                "child_left": "Child left the chair", "camera_lost": "Camera lost",
+                "link_lost": "Output link lost", "fault": "Fault", "store_failed": "Session record failing"}
+
+
+def state_title(state: str) -> str:
+    return STATE_TITLES.get(state, state.capitalize())
+
+
+def alarm_title(kind: str) -> str:
+    return ALARM_TITLES.get(kind, kind.replace("_", " ").capitalize())
 
 
 class Host(Protocol):
@@ -118,24 +136,34 @@ class Chrome:
         if alarm is not None:
             more = f"  (+{len(state.alarms) - 1} more)" if len(state.alarms) > 1 else ""
             colour = ALARM_HIGH if alarm.priority == "high" else ALARM_MEDIUM
-            Banner(BANNER_RECT).draw(painter, f"ALARM {alarm.kind}: {alarm.message}{more}", colour,
-                                     text_width=ACK_RECT.left - 24)
+            painter.box(BANNER_RECT, colour, radius=0)
+            text_width = ACK_RECT.left - 24
+            painter.text(fit(painter.font(30), f"ALARM: {alarm_title(alarm.kind)}{more}", text_width),
+                         (12, 8), 30, TEXT)
+            message = alarm.message
+            if painter.font(22).size(message)[0] > text_width:  # the whole text is one touch away
+                message = "touch here for the whole message"
+            painter.text(message, (12, 40), 22, TEXT)
             self.buttons.append(Button(ACK_RECT, "Acknowledge", lambda: host.send("ack", tag="ack", id=alarm.id,
                                                                                    by="panel"),
                                        WARN_AMBER, text_size=28, text_colour=(20, 20, 20)))
         else:
             painter.box(BANNER_RECT, SURFACE, radius=0)
+            middle = BANNER_RECT.centery
             if state.connected:
-                title = f"Chair: {state.state.upper()}" + (f"  ·  {state.profile}" if state.profile else "")
-                painter.text(title, (12, BANNER_RECT.centery), 34, STATE_COLOURS.get(state.state, TEXT), "midleft")
+                right = BANNER_RECT.right - 12
                 if state.simulation:
-                    painter.text("SIMULATION", (BANNER_RECT.right - 12, BANNER_RECT.centery), 24, WARN_AMBER,
-                                 "midright")
+                    right = painter.text("SIMULATION", (right, middle), 24, WARN_AMBER, "midright").left - 16
+                colour = STATE_COLOURS.get(state.state, TEXT)
+                title = painter.text(f"Chair: {state_title(state.state)}", (12, middle), 34, colour, "midleft")
+                if state.profile:  # a long pseudonym is shortened here; Home shows it whole
+                    painter.text(fit(painter.font(30), f"·  {state.profile}", right - title.right - 12),
+                                 (title.right + 12, middle), 30, colour, "midleft")
             else:
-                painter.text("Chair not connected", (12, BANNER_RECT.centery), 34, BAD_RED, "midleft")
+                painter.text("Chair not connected", (12, middle), 34, BAD_RED, "midleft")
         if notice is not None:
             text, colour = notice
-            painter.text(fit(painter.font(26), text, CONTENT.width - 8), NOTICE_POS, 26, colour)
+            painter.fitted(text, NOTICE_RECT, sizes=(26, 22, 20), colour=colour)
         if state.connected:
             for index, (name, label) in enumerate(NAV):
                 rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, NAV_HEIGHT)
@@ -143,6 +171,51 @@ class Chrome:
                                            SELECTED if name == current else BUTTON))
         for button in self.buttons:
             button.draw(painter)
+        if alarm is not None:  # the banner itself, drawn above: a touch shows every alarm in full
+            self.buttons.append(Button(pygame.Rect(0, 0, ACK_RECT.left - 4, BANNER_RECT.height), "",
+                                       lambda: host.go(AlarmsScreen.name)))
+
+
+# --------------------------------------------------------------------------- alarms
+
+
+class AlarmsScreen(Screen):
+    """Every active alarm in full, one at a time, with its time and Acknowledge (reached from the banner)."""
+
+    name = "alarms"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = 0
+
+    def on_enter(self, host: Host) -> None:
+        self.index = 0
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        alarms = host.state.alarms
+        left = CONTENT.left + 4
+        self.buttons = []
+        if not alarms:
+            painter.text("No active alarms", (left, 110), 32, MUTED)
+        else:
+            self.index = min(self.index, len(alarms) - 1)
+            alarm = alarms[self.index]
+            painter.text(f"Alarm {self.index + 1} of {len(alarms)}: {alarm_title(alarm.kind)}", (left, 108), 30,
+                         BAD_RED if alarm.priority == "high" else WARN_AMBER)
+            painter.text(f"{alarm.priority} priority, raised {local_time(alarm.time)}", (left, 142), 22, MUTED)
+            painter.fitted(alarm.message, pygame.Rect(left, 170, 604, 224), sizes=(26, 22, 20, 18))
+            self.buttons.append(Button(pygame.Rect(left + 304, 404, 300, 70), "Acknowledge",
+                                       lambda: host.send("ack", tag="ack", id=alarm.id, by="panel"), WARN_AMBER,
+                                       text_colour=(20, 20, 20)))
+        self.buttons.append(Button(pygame.Rect(left, 404, 140, 70), "Prev", lambda: self._turn(-1),
+                                   enabled=self.index > 0, text_size=28))
+        self.buttons.append(Button(pygame.Rect(left + 152, 404, 140, 70), "Next", lambda: self._turn(1),
+                                   enabled=self.index < len(alarms) - 1, text_size=28))
+        for button in self.buttons:
+            button.draw(painter)
+
+    def _turn(self, step: int) -> None:
+        self.index = max(0, self.index + step)
 
 
 # --------------------------------------------------------------------------- home
@@ -171,12 +244,17 @@ class HomeScreen(Screen):
     def draw(self, painter: Painter, host: Host) -> None:
         state = host.state
         left = CONTENT.left + 4
-        painter.text(state.state.upper(), (left, 104), 60, STATE_COLOURS.get(state.state, TEXT))
-        painter.wrapped(state.reason or "-", pygame.Rect(left, 150, 300, 44), 24, MUTED)
-        for row, (title, value) in enumerate((("Child", state.profile), ("Scenario", state.scenario),
-                                              ("Phase", state.phase))):
-            painter.text(f"{title}:", (330, 106 + row * 28), 26, MUTED)
-            painter.text(value or "-", (430, 106 + row * 28), 26)
+        title = state_title(state.state)
+        size = next((size for size in (60, 48, 40) if painter.font(size).size(title)[0] <= 316), 40)
+        painter.text(title, (left, 104), size, STATE_COLOURS.get(state.state, TEXT))
+        # Shortened if need be: relaxctl status, the alarm and the session report have it whole.
+        painter.fitted(self.why(state), pygame.Rect(left, 148, 316, 48), sizes=(24, 20, 18), colour=MUTED,
+                       shorten=True)
+        child = state.profile or (f"{state.last_profile} (ended)" if state.last_profile else None)
+        for row, (caption, value) in enumerate((("Child", child), ("Scenario", state.scenario),
+                                                ("Phase", state.phase))):
+            painter.text(f"{caption}:", (330, 106 + row * 28), 26, MUTED)
+            painter.text(fit(painter.font(26), value or "-", CONTENT.right - 434), (430, 106 + row * 28), 26)
 
         self._draw_affect(painter, state, left)
         self._draw_timeline(painter, host, pygame.Rect(left, 234, 604, 58))
@@ -205,6 +283,15 @@ class HomeScreen(Screen):
             button.draw(painter)
 
     @staticmethod
+    def why(state: PanelState) -> str:
+        """The last decision and how long ago, so a raise is explained by its own reason, not the state's."""
+        if not state.decision:
+            return state.reason or "-"
+        age = state.decision_age_s
+        when = "" if age is None else ("just now: " if age < 1.0 else f"{age:.0f} s ago: ")
+        return when + state.decision
+
+    @staticmethod
     def _draw_affect(painter: Painter, state: PanelState, left: int) -> None:
         painter.text("Affect:", (left, 202), 26, MUTED)
         affect = state.affect
@@ -214,8 +301,8 @@ class HomeScreen(Screen):
         if not affect.face_present:
             painter.text("no face", (left + 84, 202), 26, MUTED)
         else:
-            painter.text(f"{affect.group} ({affect.label or '-'})", (left + 84, 200), 30,
-                         GROUP_COLOURS.get(affect.group, TEXT))
+            painter.text(fit(painter.font(30), f"{affect.group} ({affect.label or '-'})", 330 - left - 92),
+                         (left + 84, 200), 30, GROUP_COLOURS.get(affect.group, TEXT))
         painter.text("confidence", (330, 202), 22, MUTED)
         Bar(pygame.Rect(420, 200, 150, 22), GROUP_COLOURS.get(state.group, TEXT)).draw(
             painter, affect.confidence if affect.face_present else 0.0)
@@ -242,10 +329,18 @@ class HomeScreen(Screen):
         points = [(x_of(s.time), rect.top + 3 + round(line_area * (1.0 - s.intensity))) for s in samples]
         if len(points) >= 2:
             pygame.draw.lines(painter.surface, TEXT, False, points, 2)
-        minutes = window / 60.0
-        painter.text(f"-{minutes:g} min", (rect.left, rect.bottom + 2), 18, MUTED)
-        painter.text("affect (strip)  ·  intensity (line)", (rect.centerx, rect.bottom + 2), 18, MUTED, "midtop")
-        painter.text("now", (rect.right, rect.bottom + 2), 18, MUTED, "topright")
+        painter.text("line: intensity  ·  strip: affect", (rect.left + 6, rect.top + 3), 16, MUTED)
+        step = next((step for step in TIMELINE_TICKS_S if window / step <= 6), window)
+        ticks = int(window // step)
+        for tick in range(ticks + 1):
+            x = rect.right - round(rect.width * tick * step / window)
+            pygame.draw.line(painter.surface, MUTED, (x, rect.bottom), (x, rect.bottom + 4), 1)
+            label = "now" if tick == 0 else (f"-{tick * step / 60:g} min" if step >= 60 else f"-{tick * step:g} s")
+            anchor = "topright" if tick == 0 else ("topleft" if x - rect.left < 30 else "midtop")
+            painter.text(label, (x, rect.bottom + 5), 18, MUTED, anchor)
+
+
+TIMELINE_TICKS_S = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)  # the timeline's scale: at most 6 ticks
 
 
 # --------------------------------------------------------------------------- start
@@ -290,15 +385,22 @@ class StartScreen(Screen):
         if preferred and any(s["name"] == preferred for s in self.scenarios):
             self.scenario = preferred
 
-    def new_profile(self) -> None:
-        """A fresh pseudonym (child-N): the panel has no keyboard, and a pseudonym is all a profile needs."""
-        taken = {p["pseudonym"] for p in self.profiles}
+    def taken(self) -> set[str]:
+        return {p["pseudonym"] for p in self.profiles}
+
+    def suggested_name(self) -> str:
+        """A fresh pseudonym (child-N) that the name screen offers to keep or replace."""
         number = 1
-        while f"child-{number}" in taken:
+        while f"child-{number}" in self.taken():
             number += 1
-        self.profiles.append({"pseudonym": f"child-{number}", "preferred_scenario": None})
-        self.pages["profiles"] = (len(self.profiles) - 1) // self.PAGE
-        self.pick_profile(f"child-{number}")
+        return f"child-{number}"
+
+    def add_profile(self, pseudonym: str) -> None:
+        """A new child, known to the daemon once its first session starts (start creates the profile)."""
+        if pseudonym not in self.taken():
+            self.profiles.append({"pseudonym": pseudonym, "preferred_scenario": None})
+        self.pages["profiles"] = [p["pseudonym"] for p in self.profiles].index(pseudonym) // self.PAGE
+        self.pick_profile(pseudonym)
 
     def draw(self, painter: Painter, host: Host) -> None:
         state = host.state
@@ -306,18 +408,18 @@ class StartScreen(Screen):
         self._column(painter, "Child", "profiles", [p["pseudonym"] for p in self.profiles], self.profile,
                      self.pick_profile, CONTENT.left + 4)
         self.buttons.append(Button(pygame.Rect(CONTENT.left + 4 + 2 * 76, 330, 138, 60), "New child",
-                                   self.new_profile, text_size=28))
+                                   lambda: host.go(NameScreen.name), text_size=28))
         self._column(painter, "Scenario", "scenarios", [s["name"] for s in self.scenarios], self.scenario,
                      self._pick_scenario, 318)
         if self.loading:
             painter.text("loading…", (CONTENT.left + 4, 420), 26, MUTED)
         elif state.state != "idle":
             why = "reset it in Settings" if state.state in ("estopped", "fault") else "end that session on Home"
-            painter.wrapped(f"The chair is {state.state}: {why} first.", pygame.Rect(CONTENT.left + 4, 408, 296, 64),
-                            24, WARN_AMBER)
+            painter.fitted(f"The chair is {state_title(state.state).lower()}: {why} first.",
+                           pygame.Rect(CONTENT.left + 4, 404, 296, 70), sizes=(24, 20), colour=WARN_AMBER)
         else:
-            painter.text(f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}",
-                         (CONTENT.left + 4, 428), 24)
+            painter.fitted(f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}",
+                           pygame.Rect(CONTENT.left + 4, 404, 296, 70), sizes=(24, 20, 18), centred=True)
         ready = self.profile is not None and self.scenario is not None and state.state == "idle"
         self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start",
                                    lambda: host.send("start", tag="start", profile=self.profile,
@@ -338,7 +440,7 @@ class StartScreen(Screen):
         for row, name in enumerate(names[page * self.PAGE:(page + 1) * self.PAGE]):
             self.buttons.append(Button(pygame.Rect(x, 128 + row * 66, 298, 60), name,
                                        lambda name=name: pick(name), SELECTED if name == selected else BUTTON,
-                                       text_size=30))
+                                       text_size=30, wrap=True))
         self.buttons.append(Button(pygame.Rect(x, 330, 70, 60), "Prev", lambda: self._turn(key, -1, pages),
                                    enabled=page > 0, text_size=26))
         self.buttons.append(Button(pygame.Rect(x + 76, 330, 70, 60), "Next", lambda: self._turn(key, 1, pages),
@@ -346,6 +448,64 @@ class StartScreen(Screen):
 
     def _turn(self, key: str, step: int, pages: int) -> None:
         self.pages[key] = min(pages - 1, max(0, self.pages[key] + step))
+
+
+class NameScreen(Screen):
+    """A new child's pseudonym, typed on an on-screen keyboard (the panel has no other)."""
+
+    name = "name"
+    ROWS = ("1234567890", "qwertyuiop", "asdfghjkl-", "zxcvbnm_.")
+    HINT = "A pseudonym only, never the child's real name."
+
+    def __init__(self, start: StartScreen) -> None:
+        super().__init__()
+        self.start = start
+        self.entered = ""
+        self.error = ""
+
+    def on_enter(self, host: Host) -> None:
+        self.entered, self.error = self.start.suggested_name(), ""
+
+    def type(self, key: str) -> None:
+        self.error = ""
+        if key == "Del":
+            self.entered = self.entered[:-1]
+        elif len(self.entered) < PSEUDONYM_MAX:
+            self.entered += key
+
+    def use(self, host: Host) -> None:
+        name = self.entered.strip()
+        if not name:
+            self.error = "Type a pseudonym first."
+        elif name in self.start.taken():
+            self.error = "That pseudonym is already a child here: pick it on Start, or type another."
+        else:
+            self.start.add_profile(name)
+            host.go(StartScreen.name)
+
+    def draw(self, painter: Painter, host: Host) -> None:
+        left = CONTENT.left + 4
+        field = pygame.Rect(left, 104, 330, 40)
+        painter.box(field, SURFACE)
+        shown = self.entered + "_"
+        while len(shown) > 1 and painter.font(28).size(shown)[0] > field.width - 16:
+            shown = shown[1:]  # the end of a long name, where the typing happens
+        painter.text(shown, (field.left + 8, field.centery), 28, TEXT, "midleft")
+        painter.fitted(self.error or f"{self.HINT} Up to {PSEUDONYM_MAX} characters.",
+                       pygame.Rect(field.right + 10, 100, CONTENT.right - field.right - 14, 48), sizes=(20, 18),
+                       colour=BAD_RED if self.error else WARN_AMBER)
+        self.buttons = []
+        for row, keys in enumerate(self.ROWS):
+            for column, key in enumerate(keys):
+                self.buttons.append(Button(pygame.Rect(left + column * 62, 150 + row * 62, 60, 60), key,
+                                           lambda key=key: self.type(key), text_size=30))
+        self.buttons.append(Button(pygame.Rect(left + 9 * 62, 150 + 3 * 62, 60, 60), "Del",
+                                   lambda: self.type("Del"), text_size=24))
+        self.buttons.append(Button(pygame.Rect(left, 404, 200, 70), "Cancel", lambda: host.go(StartScreen.name)))
+        self.buttons.append(Button(pygame.Rect(left + 214, 404, 390, 70), "Use this pseudonym",
+                                   lambda: self.use(host), GO_GREEN, enabled=bool(self.entered.strip())))
+        for button in self.buttons:
+            button.draw(painter)
 
 
 # --------------------------------------------------------------------------- caps
@@ -395,9 +555,9 @@ class CapsScreen(Screen):
             painter.text(f"now {state.levels[channel]:.2f}", (520, y + 8), 22, MUTED, "topright")
             self.buttons.append(Button(pygame.Rect(536, y, 76, 70), "+", lambda c=channel: self.change(host, c, step),
                                        enabled=value < 1.0, text_size=56))
-        painter.wrapped(self.note or "Each touch moves a cap by "
-                        f"{step:g}. Caps are saved to the running session's profile.",
-                        pygame.Rect(CONTENT.left + 4, 410, 600, 60), 24, MUTED)
+        painter.fitted(self.note or "Each touch moves a cap by "
+                       f"{step:g}. Caps are saved to the running session's profile.",
+                       pygame.Rect(CONTENT.left + 4, 410, 600, 60), sizes=(24, 20), colour=MUTED)
         for button in self.buttons:
             button.draw(painter)
 
@@ -581,8 +741,14 @@ class SettingsScreen(Screen):
         for button in self.buttons:
             button.draw(painter)
 
+    def default_pin_warning(self, painter: Painter, rect: pygame.Rect) -> None:
+        if self._pin == DEFAULT_PANEL_PIN:
+            painter.fitted(f"The PIN is still the default {DEFAULT_PANEL_PIN}: anyone can reset the e-stop. "
+                           "Set panel.pin in the chair's config.", rect, sizes=(22, 20, 18), colour=WARN_AMBER)
+
     def _draw_keypad(self, painter: Painter) -> None:
         left = CONTENT.left + 4
+        self.default_pin_warning(painter, pygame.Rect(left, 290, 290, 100))
         painter.text("Settings are locked", (left, 104), 32)
         painter.text("Enter the PIN:", (left, 144), 26, MUTED)
         field = pygame.Rect(left, 174, 280, 60)
@@ -608,10 +774,11 @@ class SettingsScreen(Screen):
         ] + [(part.title, ("ok, " if part.ok else "PROBLEM, ") + part.detail)
              for part in state.health if part.key != "latch"]
         for row, (title, value) in enumerate(lines):
-            y = 140 + row * 30
+            y = 140 + row * 27
             painter.text(f"{title}:", (left, y), 24, MUTED)
             painter.text(fit(painter.font(24), value, 490), (left + 124, y), 24,
                          BAD_RED if value.startswith(("LATCHED", "PROBLEM")) else TEXT)
+        self.default_pin_warning(painter, pygame.Rect(left, 354, 604, 44))
         resettable = state.latched or state.state in ("estopped", "fault")
         label = "Reset fault" if state.state == "fault" and not state.latched else "Reset e-stop"
         self.buttons = [
@@ -640,10 +807,11 @@ class DisconnectedScreen(Screen):
         if not state.problem:
             painter.text("Connecting to the chair service…", (left, 120), 36)
             return
-        painter.text(self.TITLE, (left, 120), 36, WARN_AMBER)
+        painter.fitted(self.TITLE, pygame.Rect(left, 108, 604, 44), sizes=(36, 30, 26), colour=WARN_AMBER)
         retry = host.retry_in()
         painter.text("next attempt " + (f"in {retry:.0f} s" if retry and retry >= 0.5 else "now"),
-                     (left, 164), 26, MUTED)
-        bottom = painter.wrapped(state.problem, pygame.Rect(left, 204, 600, 150), 24, TEXT)
-        painter.wrapped("The chair's own emergency button works without this panel. "
-                        f"Socket: {host.socket_path}", pygame.Rect(left, max(bottom + 16, 370), 600, 100), 24, MUTED)
+                     (left, 160), 26, MUTED)
+        painter.fitted(state.problem, pygame.Rect(left, 196, 604, 170), sizes=(24, 20, 18))
+        painter.fitted("The chair's own emergency button works without this panel. "
+                       f"Socket: {host.socket_path}", pygame.Rect(left, 374, 604, 100), sizes=(24, 20, 18),
+                       colour=MUTED)

@@ -9,8 +9,9 @@ nothing needs installing on the Pi.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import pygame
 
@@ -65,52 +66,133 @@ def _rendered(text: str, size: int, colour: Colour) -> pygame.Surface:
     return font(size).render(text, True, colour)
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """One line of text as drawn: where it landed and the box it had to stay in."""
+
+    text: str
+    rect: pygame.Rect
+    bounds: pygame.Rect
+
+
 class Painter:
-    """Draws on one frame's surface and remembers the text it drew (for the tests, and for debugging)."""
+    """Draws on one frame's surface and remembers the text it drew, where, and what did not fit.
+
+    Every line of text has a box it must stay in: the surface, or the box of the innermost
+    ``within`` block, or the one given to ``text``. ``problems()`` lists the lines that left
+    their box, overlap another line, or were cut off (wrapped text longer than its box), so
+    a test can render every screen in the states that lengthen text and fail on any of them.
+    """
 
     def __init__(self, surface: pygame.Surface) -> None:
         self.surface = surface
         self.labels: list[str] = []
+        self.drawn: list[Drawn] = []
+        self.cut: list[str] = []  # texts that did not fit their box, whole
+        self.shortened: list[str] = []  # texts ended with an ellipsis on purpose (shown whole elsewhere)
+        self._bounds = [surface.get_rect()]
 
     @staticmethod
     def font(size: int) -> pygame.font.Font:
         return font(size)
 
+    @contextmanager
+    def within(self, rect: pygame.Rect) -> Iterator[None]:
+        """Text drawn in this block must stay inside ``rect``."""
+        self._bounds.append(pygame.Rect(rect))
+        try:
+            yield
+        finally:
+            self._bounds.pop()
+
     def text(self, text: str, pos: tuple[int, int], size: int = 28, colour: Colour = TEXT,
-             anchor: str = "topleft") -> pygame.Rect:
+             anchor: str = "topleft", bounds: Optional[pygame.Rect] = None) -> pygame.Rect:
         """Draw one line; ``anchor`` is a pygame.Rect attribute (``center``, ``midleft``...) placed at ``pos``."""
         image = _rendered(text, size, tuple(colour))
         rect = image.get_rect(**{anchor: pos})
         self.surface.blit(image, rect)
         self.labels.append(text)
+        if text.strip():
+            self.drawn.append(Drawn(text, rect, pygame.Rect(bounds) if bounds is not None else self._bounds[-1]))
         return rect
 
-    def wrapped(self, text: str, rect: pygame.Rect, size: int = 26, colour: Colour = TEXT) -> int:
-        """Draw ``text`` word-wrapped into ``rect``'s width, from its top; returns the y below the last line."""
+    def wrapped(self, text: str, rect: pygame.Rect, size: int = 26, colour: Colour = TEXT, *,
+                shorten: bool = False) -> int:
+        """Draw ``text`` word-wrapped into ``rect``, from its top; returns the y below the last line.
+
+        Text longer than the box is cut at the last line that fits and noted in ``cut``, or with
+        ``shorten`` ends that line with an ellipsis (for text shown whole elsewhere) and is noted in
+        ``shortened``.
+        """
         y = rect.top
-        for line in wrap(self.font(size), text, rect.width):
-            if y + self.font(size).get_linesize() > rect.bottom:
-                break
-            self.text(line, (rect.left, y), size, colour)
-            y += self.font(size).get_linesize()
+        line_height = self.font(size).get_linesize()
+        lines = wrap(self.font(size), text, rect.width)
+        fitting = max(0, (rect.height) // line_height) if line_height else len(lines)
+        if len(lines) > fitting:
+            if shorten and fitting:
+                lines = lines[:fitting - 1] + [fit(self.font(size), " ".join(lines[fitting - 1:]) + " …", rect.width)]
+                self.shortened.append(text)
+            else:
+                lines = lines[:fitting]
+                self.cut.append(text)
+        for line in lines:
+            self.text(line, (rect.left, y), size, colour, bounds=rect)
+            y += line_height
         return y
+
+    def fitted(self, text: str, rect: pygame.Rect, sizes: tuple[int, ...] = (26, 22, 20),
+               colour: Colour = TEXT, *, centred: bool = False, shorten: bool = False) -> int:
+        """Draw ``text`` in ``rect`` at the largest of ``sizes`` whose wrapped lines fit (the smallest wraps
+        and cuts, or shortens, if none does), from the top or ``centred`` vertically. Returns the y below
+        the last line."""
+        for size in sizes:
+            height = len(wrap(self.font(size), text, rect.width)) * self.font(size).get_linesize()
+            if height <= rect.height or size == sizes[-1]:
+                break
+        top = rect.top + max(0, (rect.height - height) // 2) if centred else rect.top
+        return self.wrapped(text, pygame.Rect(rect.left, top, rect.width, rect.bottom - top), size, colour,
+                            shorten=shorten)
 
     def box(self, rect: pygame.Rect, colour: Colour, radius: int = 8) -> None:
         pygame.draw.rect(self.surface, colour, rect, border_radius=radius)
 
+    def problems(self) -> list[str]:
+        """What a reader would miss: text outside its box or the surface, lines on top of each other, cut text."""
+        found = [f"cut off: {text!r}" for text in self.cut]
+        screen = self.surface.get_rect()
+        for item in self.drawn:
+            if not screen.contains(item.rect):
+                found.append(f"off the screen: {item.text!r} at {tuple(item.rect)}")
+            elif not item.bounds.contains(item.rect):
+                found.append(f"outside its box {tuple(item.bounds)}: {item.text!r} at {tuple(item.rect)}")
+        for index, first in enumerate(self.drawn):
+            for second in self.drawn[index + 1:]:
+                if first.rect.colliderect(second.rect):
+                    found.append(f"overlap: {first.text!r} at {tuple(first.rect)} and {second.text!r} at "
+                                 f"{tuple(second.rect)}")
+        return found
+
 
 def wrap(font: pygame.font.Font, text: str, width: int) -> list[str]:
-    """Split ``text`` into lines no wider than ``width`` pixels (a single overlong word gets its own line)."""
+    """Split ``text`` into lines no wider than ``width`` pixels; a word wider than a line (a long
+    pseudonym, a path) is broken between characters rather than left to run out of its box."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
         for word in paragraph.split():
             candidate = f"{line} {word}".strip()
-            if line and font.size(candidate)[0] > width:
-                lines.append(line)
-                line = word
-            else:
+            if font.size(candidate)[0] <= width:
                 line = candidate
+                continue
+            if line:
+                lines.append(line)
+            line = word
+            while font.size(line)[0] > width and len(line) > 1:
+                cut = len(line) - 1
+                while cut > 1 and font.size(line[:cut])[0] > width:
+                    cut -= 1
+                lines.append(line[:cut])
+                line = line[cut:]
         lines.append(line)
     return lines
 
@@ -135,6 +217,7 @@ class Button:
     enabled: bool = True
     text_size: int = 32
     text_colour: Colour = TEXT
+    wrap: bool = False  # a name of any length: wrapped, left-aligned, smaller if need be
 
     def __post_init__(self) -> None:
         self.rect = pygame.Rect(self.rect)
@@ -148,11 +231,16 @@ class Button:
     def draw(self, painter: Painter) -> None:
         painter.box(self.rect, self.colour if self.enabled else BUTTON_DISABLED, radius=10)
         colour = self.text_colour if self.enabled else DISABLED_TEXT
+        if self.wrap:
+            painter.fitted(self.label, self.rect.inflate(-16, -6), sizes=(self.text_size, 24, 20), colour=colour,
+                           centred=True)
+            return
         lines = self.label.split("\n")
         height = painter.font(self.text_size).get_linesize()
         top = self.rect.centery - height * (len(lines) - 1) // 2
         for index, line in enumerate(lines):
-            painter.text(line, (self.rect.centerx, top + index * height), self.text_size, colour, "center")
+            painter.text(line, (self.rect.centerx, top + index * height), self.text_size, colour, "center",
+                         bounds=self.rect)
 
 
 @dataclass
@@ -172,18 +260,6 @@ class Bar:
         if cap is not None and cap < 1.0:
             x = rect.left + round(rect.width * max(0.0, cap))
             pygame.draw.line(painter.surface, TEXT, (x, rect.top - 4), (x, rect.bottom + 3), 3)
-
-
-@dataclass
-class Banner:
-    """A full-width coloured strip with one line of text (the alarm banner)."""
-
-    rect: pygame.Rect
-
-    def draw(self, painter: Painter, text: str, colour: Colour, text_width: Optional[int] = None) -> None:
-        painter.box(self.rect, colour, radius=0)
-        line = fit(painter.font(28), text, text_width or self.rect.width - 24)
-        painter.text(line, (self.rect.left + 12, self.rect.centery), 28, TEXT, "midleft")
 
 
 def draw_dot(painter: Painter, centre: tuple[int, int], ok: bool, caption: str) -> int:
