@@ -252,7 +252,12 @@ class ChairCommands:
         return {"caps": effective, "profile": profile, "persisted": profile is not None}
 
     def list_profiles(self, args: _Args) -> list[dict[str, Any]]:
-        return [asdict(profile) for profile in self._store().list_profiles()]
+        """Each profile with the caps it asks for and, as ``effective_caps``, what this chair gives it
+        (the lower of those and the chair's ceilings, as ``status`` shows during a session)."""
+        ceilings = self.chair.bank.ceilings
+        return [{**asdict(profile), "effective_caps": {channel: min(ceilings[channel], getattr(profile, f"{channel}_cap"))
+                                                       for channel in CHANNELS}}
+                for profile in self._store().list_profiles()]
 
     def delete_profile(self, args: _Args) -> dict[str, Any]:
         """Erase a child's profile (and, when asked, every session of it); never the one in session.

@@ -18,6 +18,7 @@ import getpass
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -91,6 +92,34 @@ def show_table(rows: list[dict[str, Any]], columns: Sequence[str], empty: str) -
     return "\n".join(lines)
 
 
+def _local(stamp: Optional[str]) -> Optional[str]:
+    """A stored UTC stamp in this machine's time zone, with the zone's name."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ValueError:
+        return stamp
+
+
+def show_profiles(rows: list[dict[str, Any]]) -> str:
+    """Caps as this chair applies them; a cap held lower by the chair's ceiling is starred and explained."""
+    limited = False
+    table = []
+    for row in rows:
+        cells = {"pseudonym": row["pseudonym"], "preferred scenario": row.get("preferred_scenario")}
+        for channel in CHANNELS:
+            asked, given = row[f"{channel}_cap"], row.get("effective_caps", {}).get(channel, row[f"{channel}_cap"])
+            cells[channel] = f"{given:.2f}" + ("*" if given < asked else "")
+            limited = limited or given < asked
+        table.append(cells)
+    text = show_table(table, ("pseudonym", *CHANNELS, "preferred scenario"), "no profiles")
+    if limited:
+        text += ("\n* held lower by this chair's ceiling (actuators.max_light/max_sound/max_vibration); "
+                 "the profile asks for more")
+    return text
+
+
 def show_caps(result: dict[str, Any]) -> str:
     where = (f"saved to profile {result['profile']}" if result["persisted"]
              else "no session running: applies until the next session starts with its profile's caps")
@@ -112,11 +141,15 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "reset": lambda r: f"reset; state {r['state']} (start a session to stimulate again)",
     "ack": lambda r: f"acknowledged {r['id']} ({r['kind']}) by {r['acknowledged_by']}",
     "set_caps": show_caps,
-    "list_profiles": lambda rows: show_table(rows, ("pseudonym", "light_cap", "sound_cap", "vibration_cap",
-                                                    "preferred_scenario"), "no profiles"),
+    "list_profiles": lambda rows: show_profiles(rows),
     "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
-    "list_sessions": lambda rows: show_table(rows, ("id", "profile", "scenario", "started_at", "ended_at",
-                                                    "end_reason"), "no sessions"),
+    "list_sessions": lambda rows: show_table([{**row, "started": _local(row.get("started_at")),
+                                               "ended": _local(row.get("ended_at")),
+                                               "how it ended": (describe_end_reason(row.get("end_reason"))
+                                                                if row.get("ended_at") else "not ended")}
+                                              for row in rows],
+                                             ("id", "profile", "scenario", "started", "ended", "how it ended"),
+                                             "no sessions"),
     "delete_profile": lambda r: (f"deleted profile {r['profile']}, {r['sessions_deleted']} session(s) and "
                                  f"{r['reports_deleted']} report file(s)"),
     "report": lambda r: f"report of session {r['session']}:\n  picture  {r['png']}\n  table    {r['csv']}",

@@ -255,6 +255,17 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> Any:
     return np.array([np.nan if row[key] is None else float(row[key]) for row in rows])
 
 
+def _runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True."""
+    runs: list[tuple[int, int]] = []
+    for index, flag in enumerate(flags):
+        if flag and runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        elif flag:
+            runs.append((index, index))
+    return runs
+
+
 def _place_labels(marks: Sequence[Mark], span_s: float, lanes: int = 4) -> list[tuple[int, bool]]:
     """(row, to the left) per label: rows so neighbours do not overlap (greedy, estimated widths).
 
@@ -316,8 +327,10 @@ def draw_report(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
     shares = [np.nan_to_num(_series(rows, g)) for g in GROUPS]
     affect.stackplot(seconds, *shares, colors=[GROUP_COLOURS[g] for g in GROUPS], labels=GROUPS, alpha=0.9,
                      step="mid")
-    no_face = np.array([row["dominant_group"] == "none" for row in rows])
-    affect.fill_between(seconds, 0, 1, where=no_face, step="mid", color=NO_FACE_COLOUR, linewidth=0)
+    # Seconds with no face in grey, whole seconds edge to edge like the band's cells (a
+    # stepped fill_between leaves half a second white at each end of a run).
+    for first, last in _runs([row["dominant_group"] == "none" for row in rows]):
+        affect.axvspan(first - 0.5, last + 0.5, ymax=1.0 / 1.02, color=NO_FACE_COLOUR, linewidth=0)
     affect.plot(seconds, _series(rows, "confidence"), color="black", linewidth=1.0, label="confidence",
                 drawstyle="steps-mid")
     affect.plot(seconds, _series(rows, "face_share"), color="#444444", linewidth=1.0, linestyle=":",
@@ -348,8 +361,10 @@ def draw_report(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
     for mark, (row, left) in zip(marks, _place_labels(marks, len(rows))):
         for ax in (affect, stimulus, lane):
             ax.axvline(mark.second, color=mark.colour, linewidth=1.0, alpha=0.8)
+        # On a white ground above the lines, so a neighbour's line never strikes a label through.
         lane.text(mark.second, 0.88 - 0.25 * row, f" {mark.label} ", color=mark.colour, fontsize=7.5,
-                  va="center", ha="right" if left else "left", clip_on=True)
+                  va="center", ha="right" if left else "left", clip_on=True, zorder=3,
+                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     lane.set_ylim(0, 1)
     lane.set_yticks([])
     lane.set_ylabel("events", rotation=0, ha="right", va="center", fontsize=9)

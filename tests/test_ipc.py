@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import json
+from datetime import datetime
 import os
 import re
 import shutil
@@ -252,6 +253,8 @@ def test_set_caps_applies_and_is_saved_to_the_running_profile(chair_at_idle):
     assert chair.bank.caps["light"] == 0.5
     (profile,) = [p for p in call(path, "list_profiles") if p["pseudonym"] == "kid-caps"]
     assert (profile["light_cap"], profile["sound_cap"], profile["vibration_cap"]) == (0.5, 1.0, 0.25)
+    # what the chair gives, as status shows it: the sound cap is held at the chair's ceiling (max_sound 0.8)
+    assert profile["effective_caps"] == chair.bank.caps == {"light": 0.5, "sound": 0.8, "vibration": 0.25}
     assert call(path, "set_caps", light=0.9)["caps"]["light"] == 0.9  # raising within 0..1 is allowed
     assert refused(path, "set_caps", light=1.5).code == BAD_ARGS
     assert refused(path, "set_caps", sound="loud").code == BAD_ARGS
@@ -606,7 +609,15 @@ def test_relaxctl_prints_readable_and_json_results_with_exit_codes(chair_at_idle
     assert "saved to profile kid-ctl" in printed(capsys)[0]
     assert relaxctl([*sock, "profiles"]) == 0
     table = printed(capsys)[0].splitlines()
-    assert table[0].split()[0] == "pseudonym" and any(row.startswith("kid-ctl ") for row in table)
+    assert table[0].split()[:4] == ["pseudonym", "light", "sound", "vibration"]
+    (row,) = [row for row in table if row.startswith("kid-ctl ")]
+    assert row.split()[1:4] == ["0.40", "0.80*", "0.80*"], "the caps the chair applies, as status shows them"
+    assert table[-1].startswith("* held lower by this chair's ceiling")
+    assert relaxctl([*sock, "sessions", "--limit", "1"]) == 0
+    table = printed(capsys)[0].splitlines()
+    assert table[0].split()[:4] == ["id", "profile", "scenario", "started"] and "how it ended" in table[0]
+    zone = datetime.now().astimezone().strftime("%Z")
+    assert f" {zone} " in table[1] and table[1].rstrip().endswith("not ended"), "local time with its zone"
     assert relaxctl([*sock, "stop"]) == 0
     assert printed(capsys)[0] == "state idle\n"
     assert relaxctl([*sock, "report", "latest"]) == 0

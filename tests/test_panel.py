@@ -576,6 +576,25 @@ def test_sessions_screen_lists_sessions_and_shows_a_report_picture(panel):
     assert shown[0] <= SessionsScreen.PICTURE.width and shown[1] <= SessionsScreen.PICTURE.height
     assert abs(shown[0] / shown[1] - 1.5) < 0.01, "the 1200x800 picture keeps its aspect"
 
+    # A touch on the picture shows it at its own size around that point, where its text is readable.
+    placed = app.shown.picture.get_rect(midtop=SessionsScreen.PICTURE.midtop)
+    touch(app, (placed.right - 20, placed.bottom - 20))  # near the bottom-right corner: the event lane's end
+    assert app.shown.zoomed_at is not None and "Left" in app.labels and "Down" in app.labels
+    full = app.shown.image
+    view = SessionsScreen.PICTURE
+    assert app.shown.zoomed_at == (full.get_width() - view.width, full.get_height() - view.height)
+    zoomed = pygame.image.load(str(shot(app, shots, "session-report-zoomed")))
+    if app.window.get_size() == (800, 480):
+        drawn = pygame.surfarray.array3d(zoomed)[view.left:view.right, view.top:view.bottom]
+        source = pygame.surfarray.array3d(full)[-view.width:, -view.height:]
+        assert np.array_equal(drawn, source), "full size means the report's own pixels, one for one"
+    press(app, "Left")
+    assert app.shown.zoomed_at[0] == full.get_width() - view.width - view.width // 2
+    press(app, "Up")
+    assert app.shown.zoomed_at[1] == full.get_height() - view.height - view.height // 2
+    touch(app, view.center)
+    assert app.shown.zoomed_at is None and "Left" not in app.labels, "a second touch fits the picture again"
+
     press(app, "Back")
     assert frames_until(app, lambda: first in app.labels), "Back returns to the list"
 

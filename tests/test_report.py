@@ -130,6 +130,29 @@ def test_events_and_alerts_sit_at_their_seconds(recorded):
     assert marked == {*EVENTS, ALERT_SECOND}
 
 
+def test_seconds_without_a_face_are_grey_edge_to_edge_as_the_legend_says(recorded):
+    """The legend's "no face" grey fills those seconds whole (a stepped fill left half seconds white)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+
+    from relaxd.report import NO_FACE_COLOUR, draw_report
+
+    db, session, _, _ = recorded
+    with SessionStore(db) as store:
+        data = store.session_data(session)
+    figure = draw_report(data, per_second_rows(data))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    affect = figure.axes[1]
+    grey = np.array(to_rgb(NO_FACE_COLOUR)) * 255
+    for second in (NO_FACE.start - 0.2, NO_FACE.start + 1.5, NO_FACE.stop - 1 + 0.2):  # 0.5 is the edge
+        x, y = affect.transData.transform((second, 0.5))
+        pixel = pixels[pixels.shape[0] - round(y), round(x)]
+        assert np.abs(pixel - grey).max() <= 2, (second, pixel)
+
+
 def test_the_title_says_who_what_when_and_why_it_ended_in_words(recorded):
     db, session, _, _ = recorded
     with SessionStore(db) as store:

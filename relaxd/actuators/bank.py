@@ -101,10 +101,15 @@ class ActuatorBank:
         return self.gate.reason
 
     @property
+    def ceilings(self) -> Dict[str, float]:
+        """This chair's ceiling per channel (``actuators.max_*``), whatever a child's caps say."""
+        return {"light": self.settings.max_light, "sound": self.settings.max_sound,
+                "vibration": self.settings.max_vibration}
+
+    @property
     def caps(self) -> Dict[str, float]:
         """The effective cap per channel: the lower of the settings' ceiling and the child's cap."""
-        ceilings = {"light": self.settings.max_light, "sound": self.settings.max_sound,
-                    "vibration": self.settings.max_vibration}
+        ceilings = self.ceilings
         return {channel: min(ceilings[channel], self._child_caps[channel]) for channel in CHANNELS}
 
     def set_caps(self, *, light: Optional[float] = None, sound: Optional[float] = None,

@@ -145,7 +145,7 @@ class PanelApp:
         """A touch at ``pos`` in logical pixels: STOP and the frame first, then the screen's buttons."""
         for button in self.chrome.buttons + self.shown.buttons:
             if button.hit(pos):
-                button.action()
+                button.press(pos)
                 return
 
     def to_logical(self, pos: tuple[float, float]) -> Optional[tuple[int, int]]:

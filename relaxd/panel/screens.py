@@ -41,9 +41,8 @@ from relaxd.ipc import PROTOCOL_VERSION
 from relaxd.panel.client import CHANNELS, Outcome, PanelState, Sample, Timeline
 from relaxd.panel.widgets import (ALARM_HIGH, ALARM_MEDIUM, BAD_RED, BUTTON, CHANNEL_COLOURS, GO_GREEN,
                                   GROUP_COLOURS, MUTED, SELECTED, STATE_COLOURS, STOP_RED, SURFACE, TEXT, WARN_AMBER,
-                                  Bar, Button, Colour, Keypad, Painter, draw_dot, fit)
-from relaxd.settings import DEFAULT_PANEL_PIN
-from relaxd.settings import PanelSettings
+                                  Bar, Button, Colour, Keypad, Painter, TouchArea, draw_dot, fit)
+from relaxd.settings import DEFAULT_PANEL_PIN, PanelSettings
 from relaxd.store import describe_end_reason
 
 SIZE = (800, 480)
@@ -169,11 +168,11 @@ class Chrome:
                 rect = pygame.Rect(STOP_RECT.left, NAV_TOP + index * NAV_STEP, STOP_RECT.width, NAV_HEIGHT)
                 self.buttons.append(Button(rect, label, lambda name=name: host.go(name),
                                            SELECTED if name == current else BUTTON))
-        for button in self.buttons:
-            button.draw(painter)
         if alarm is not None:  # the banner itself, drawn above: a touch shows every alarm in full
             self.buttons.append(Button(pygame.Rect(0, 0, ACK_RECT.left - 4, BANNER_RECT.height), "",
-                                       lambda: host.go(AlarmsScreen.name)))
+                                       lambda: host.go(AlarmsScreen.name), drawn=False))
+        for button in self.buttons:
+            button.draw(painter)
 
 
 # --------------------------------------------------------------------------- alarms
@@ -569,13 +568,17 @@ class SessionsScreen(Screen):
     """The newest sessions, a page at a time; a touch asks the daemon for that session's report picture.
 
     The picture is the daemon's report PNG (numbers only: affect shares, levels, events;
-    never an image of the child), loaded from the path in the reply and scaled to fit.
+    never an image of the child), loaded from the path in the reply. It first fits the
+    screen whole; a touch on it shows it at full size around the touched point, where its
+    text is readable on the 7" display, panned with Left/Right/Up/Down; another touch fits
+    it again.
     """
 
     name = "sessions"
     PAGE = 4
-    PICTURE = pygame.Rect(CONTENT.left, CONTENT.top, CONTENT.width - 76, CONTENT.height)  # Back to its right
+    PICTURE = pygame.Rect(CONTENT.left, CONTENT.top, CONTENT.width - 76, CONTENT.height - 16)  # the hint below
     BACK = pygame.Rect(CONTENT.right - 68, CONTENT.top, 68, 90)
+    PAN = (("Left", -1, 0), ("Right", 1, 0), ("Up", 0, -1), ("Down", 0, 1))
 
     def __init__(self) -> None:
         super().__init__()
@@ -583,8 +586,10 @@ class SessionsScreen(Screen):
         self.page = 0
         self.loading = False
         self.viewing: Optional[int] = None  # the session whose report is asked for or shown
-        self.picture: Optional[pygame.Surface] = None
+        self.image: Optional[pygame.Surface] = None  # the report at its own size
+        self.picture: Optional[pygame.Surface] = None  # the report scaled to fit
         self.shown_png: Optional[str] = None  # the file the picture came from
+        self.zoomed_at: Optional[tuple[int, int]] = None  # top-left of the full-size view, in image pixels
 
     def on_enter(self, host: Host) -> None:
         self.loading = True
@@ -606,11 +611,12 @@ class SessionsScreen(Screen):
                 self._show(outcome.result["png"], host)
 
     def open(self, host: Host, session_id: int) -> None:
-        self.viewing, self.picture, self.shown_png = session_id, None, None
+        self.back()
+        self.viewing = session_id
         host.fetch("report", tag="report", timeout_s=host.settings.report_timeout_s, session=session_id)
 
     def back(self) -> None:
-        self.viewing, self.picture, self.shown_png = None, None, None
+        self.viewing, self.image, self.picture, self.shown_png, self.zoomed_at = None, None, None, None, None
 
     def _show(self, png: str, host: Host) -> None:
         try:
@@ -620,13 +626,37 @@ class SessionsScreen(Screen):
                         BAD_RED)
             self.back()
             return
-        scale = min(self.PICTURE.width / image.get_width(), self.PICTURE.height / image.get_height())
+        scale = min(self.PICTURE.width / image.get_width(), self.PICTURE.height / image.get_height(), 1.0)
         size = (max(1, round(image.get_width() * scale)), max(1, round(image.get_height() * scale)))
         try:
             self.picture = pygame.transform.smoothscale(image, size)
         except ValueError:  # smoothscale needs 24 or 32 bits per pixel
             self.picture = pygame.transform.scale(image, size)
-        self.shown_png = png
+        self.image, self.shown_png = image, png
+
+    def toggle_zoom(self, pos: tuple[int, int]) -> None:
+        """Full size around the touched point of the fitted picture; back to fitted from full size."""
+        if self.image is None or self.picture is None:
+            return
+        if self.zoomed_at is not None:
+            self.zoomed_at = None
+            return
+        placed = self.picture.get_rect(midtop=self.PICTURE.midtop)
+        scale = self.image.get_width() / self.picture.get_width()
+        centre = ((pos[0] - placed.left) * scale, (pos[1] - placed.top) * scale)
+        self.zoomed_at = self._clamped(round(centre[0] - self.PICTURE.width / 2),
+                                       round(centre[1] - self.PICTURE.height / 2))
+
+    def pan(self, dx: int, dy: int) -> None:
+        """Move the full-size view by half a screen."""
+        if self.zoomed_at is not None:
+            x, y = self.zoomed_at
+            self.zoomed_at = self._clamped(x + dx * self.PICTURE.width // 2, y + dy * self.PICTURE.height // 2)
+
+    def _clamped(self, x: int, y: int) -> tuple[int, int]:
+        assert self.image is not None
+        return (min(max(0, x), max(0, self.image.get_width() - self.PICTURE.width)),
+                min(max(0, y), max(0, self.image.get_height() - self.PICTURE.height)))
 
     def draw(self, painter: Painter, host: Host) -> None:
         if self.viewing is None:
@@ -638,10 +668,23 @@ class SessionsScreen(Screen):
 
     def _draw_report(self, painter: Painter, host: Host) -> None:
         self.buttons = [Button(self.BACK, "Back", self.back, text_size=28)]
-        if self.picture is None:
+        if self.picture is None or self.image is None:
             painter.text(f"Drawing the report of session {self.viewing}…", (CONTENT.left + 4, 120), 28, MUTED)
             return
-        painter.surface.blit(self.picture, self.picture.get_rect(midtop=self.PICTURE.midtop))
+        if self.zoomed_at is None:
+            placed = painter.surface.blit(self.picture, self.picture.get_rect(midtop=self.PICTURE.midtop))
+            hint = "Touch the picture to read it at full size"
+        else:
+            view = pygame.Rect(self.zoomed_at, self.PICTURE.size).clip(self.image.get_rect())
+            placed = painter.surface.blit(self.image.subsurface(view), self.PICTURE.topleft)
+            hint = "Full size: Left, Right, Up, Down to move; touch the picture to see all of it"
+            for index, (label, dx, dy) in enumerate(self.PAN):
+                self.buttons.append(Button(pygame.Rect(self.BACK.left, self.BACK.bottom + 6 + index * 66, 68, 60),
+                                           label, lambda dx=dx, dy=dy: self.pan(dx, dy), text_size=20))
+        painter.fitted(hint, pygame.Rect(CONTENT.left + 4, self.PICTURE.bottom + 1, self.PICTURE.width - 4, 15),
+                       sizes=(18, 16), colour=MUTED)
+        if placed.width >= 60 and placed.height >= 60:
+            self.buttons.append(TouchArea(placed, "", lambda: None, on_touch=self.toggle_zoom))
 
     def _draw_list(self, painter: Painter, host: Host) -> None:
         left = CONTENT.left + 4

@@ -218,6 +218,7 @@ class Button:
     text_size: int = 32
     text_colour: Colour = TEXT
     wrap: bool = False  # a name of any length: wrapped, left-aligned, smaller if need be
+    drawn: bool = True  # False: a touch area over something drawn otherwise (the alarm banner, a picture)
 
     def __post_init__(self) -> None:
         self.rect = pygame.Rect(self.rect)
@@ -228,7 +229,13 @@ class Button:
     def hit(self, pos: tuple[int, int]) -> bool:
         return self.enabled and self.rect.collidepoint(pos)
 
+    def press(self, pos: tuple[int, int]) -> None:
+        """A touch at ``pos`` (logical pixels) on this button."""
+        self.action()
+
     def draw(self, painter: Painter) -> None:
+        if not self.drawn:
+            return
         painter.box(self.rect, self.colour if self.enabled else BUTTON_DISABLED, radius=10)
         colour = self.text_colour if self.enabled else DISABLED_TEXT
         if self.wrap:
@@ -241,6 +248,17 @@ class Button:
         for index, line in enumerate(lines):
             painter.text(line, (self.rect.centerx, top + index * height), self.text_size, colour, "center",
                          bounds=self.rect)
+
+
+@dataclass
+class TouchArea(Button):
+    """A touch target over something drawn otherwise (a picture): ``on_touch`` gets where it was touched."""
+
+    on_touch: Callable[[tuple[int, int]], None] = lambda pos: None
+    drawn: bool = False
+
+    def press(self, pos: tuple[int, int]) -> None:
+        self.on_touch(pos)
 
 
 @dataclass
