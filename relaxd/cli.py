@@ -139,7 +139,12 @@ def run_command(args: argparse.Namespace) -> int:
     simulation = is_simulation(args.settings)
     if simulation:
         a = settings.actuators
-        print(f"relaxd: simulation: camera {args.settings.camera.source!r}, outputs light={a.light_backend} "
+        camera = repr(args.settings.camera.source)
+        if args.settings.camera.source == "demo":
+            clip = Path(settings.camera.source)
+            camera = (f"'demo' (a generated clip of a sample photo, {clip.stat().st_size / 1e6:.1f} MB, kept in "
+                      f"{clip.parent} for the next run; delete it any time)")
+        print(f"relaxd: simulation: camera {camera}, outputs light={a.light_backend} "
               f"sound={a.sound_backend} vibration={a.vibration_backend}", file=sys.stderr)
     profile = None if args.no_session else (args.profile or ("demo" if simulation else None))
     chair = Chair(settings)

@@ -135,8 +135,9 @@ class RunReport:
     frames: int = 0
     readings: int = 0
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REPORT_EVENTS))
-    final_state: str = ""
+    final_state: str = ""  # the controller's state when the run stopped
     session: Optional[SessionHandle] = None
+    closed_session: bool = False  # a session was still open at exit and was ended by it
     unwritten: dict[str, int] = field(default_factory=dict)  # rows the store never got, by kind
     stuck_threads: list[str] = field(default_factory=list)  # still inside a camera/vision call at exit
 
@@ -145,8 +146,11 @@ class RunReport:
         return self.session.id if self.session is not None else None
 
     def describe(self) -> str:
-        lines = [f"ran {self.seconds:.1f} s: {self.frames} frames, {self.readings} affect readings, "
-                 f"final state {self.final_state}" + (f", session {self.session_id}" if self.session_id else "")]
+        lines = [f"ran {self.seconds:.1f} s: {self.frames} frames, {self.readings} affect readings; "
+                 f"stopped while {self.final_state}, outputs off"]
+        if self.session_id is not None:
+            lines.append(f"  session {self.session_id} " + ("ended by this stop (daemon stopped)" if self.closed_session
+                                                            else "had ended before"))
         if self.unwritten:
             lines.append(f"  not recorded (the store was unavailable): {self.unwritten}")
         lines += [f"  {e['kind']}: {e['state_from']} -> {e['state_to']} ({e['reason']})" for e in self.events]
@@ -601,6 +605,7 @@ class Chair:
             self._fail_pending_commands()
             self.report.seconds = clock() - started
             self.report.final_state = self.controller.state.value
+            self.report.closed_session = self._session is not None
             self._end_session("daemon_stopped")
             self.close(vision)
             self.report.unwritten = self._unwritten

@@ -103,16 +103,37 @@ def read_frames(source: FrameSource, pipeline: VisionPipeline) -> Iterator[tuple
         index += 1
 
 
-def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
-    out = image.copy()
+def annotation_lines(result: FrameResult, labels: tuple[str, ...], method: str = "threshold") -> list[str]:
+    """What a replay frame is labelled with, each number named: the model's reading of this frame,
+    then what the chair decides over its window (for threshold and majority a share of frames, not
+    a probability; for ema the smoothed probability)."""
+    lines = []
+    if result.probabilities is not None:
+        top = int(np.argmax(result.probabilities))
+        lines.append(f"this frame: {labels[top]} {result.probabilities[top]:.0%}")
+    else:
+        lines.append("this frame: no face")
     reading = result.reading
-    colour = GROUP_COLOURS.get(reading.group, (255, 255, 255))
+    if reading.label and method == "ema":
+        lines.append(f"chair: {reading.group} ({reading.label}, smoothed {reading.confidence:.0%})")
+    elif reading.label:
+        lines.append(f"chair: {reading.group} ({reading.label} in {reading.confidence:.0%} of recent face frames)")
+    else:
+        lines.append(f"chair: {reading.group}")
+    return lines
+
+
+def annotate(image: np.ndarray, result: FrameResult, labels: tuple[str, ...], method: str) -> np.ndarray:
+    out = image.copy()
+    colour = GROUP_COLOURS.get(result.reading.group, (255, 255, 255))
     if result.box is not None:
         x, y, w, h = result.box
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
-    text = f"{reading.group}" + (f" ({reading.label} {reading.confidence:.2f})" if reading.label else "")
-    cv2.putText(out, text, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(out, text, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2, cv2.LINE_AA)
+    scale = max(0.4, min(0.8, out.shape[1] / 800))  # the second line fits a 480-pixel-wide clip
+    for row, text in enumerate(annotation_lines(result, labels, method)):
+        origin = (10, round(28 * scale / 0.8) + row * round(30 * scale / 0.8))
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 2, cv2.LINE_AA)
     return out
 
 
@@ -170,7 +191,7 @@ def replay(video: Path, settings: Settings, pipeline: VisionPipeline | None = No
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
                     if not writer.isOpened():
                         raise CaptureError(f"cannot write {annotate_to}: check the folder exists and is writable")
-                writer.write(annotate(image, result))
+                writer.write(annotate(image, result, labels, settings.affect.method))
     finally:
         summary.seconds = time.perf_counter() - started
         source.close()

@@ -375,3 +375,18 @@ def test_a_config_grouping_that_misses_or_invents_a_label_names_the_keys(tmp_pat
                          positive_labels=("happy", "surprise"))
         with pytest.raises(ConfigError, match="affect.negative_labels.*(in no group: sad|not labels of the model: scared)"):
             configured_decision(affect, meta)
+
+
+def test_loading_a_model_prints_no_delegate_banner_and_keeps_other_native_lines(capfd):
+    """TFLite's 'Created TensorFlow Lite XNNPACK delegate' line reads as trouble; nothing else is swallowed."""
+    from relaxd.vision import runtime
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "relaxnet-fer2013.tflite"
+    done = subprocess.run([sys.executable, "-c", "import sys; from relaxd.vision.runtime import load_interpreter; "
+                           "load_interpreter(sys.argv[1]); print('loaded')", str(shipped)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
+    assert "XNNPACK" not in done.stderr, done.stderr
+    with runtime.without_native_lines(runtime.DELEGATE_BANNER):
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: a real native error\n")
+    assert capfd.readouterr().err == "ERROR: a real native error\n"

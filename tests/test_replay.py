@@ -12,6 +12,7 @@ import json
 import re
 
 import cv2
+import numpy as np
 import pytest
 from chairkit import faceless_clip
 
@@ -113,3 +114,22 @@ def test_bad_video_exits_non_zero_naming_the_file(make_bad, tiny_model, tmp_path
 def test_missing_model_exits_non_zero(clip, tmp_path, capsys):
     assert cli.main(["replay", str(clip), "--model", str(tmp_path / "none.tflite")]) == 2
     assert "none.tflite" in capsys.readouterr().err
+
+
+def test_annotations_name_what_each_number_is():
+    """'happy 0.33' on a face read 99% happy was the window's share, unlabelled: both are named now."""
+    from relaxd.affect import AffectReading
+    from relaxd.replay import annotation_lines
+    from relaxd.vision.pipeline import FrameResult
+
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    probabilities = np.array([0.0, 0.0, 0.0, 0.99, 0.0, 0.0, 0.01])
+    reading = AffectReading(time=1.0, face_present=True, group="positive", label="happy", confidence=0.33,
+                            group_scores={"negative": 0.0, "neutral": 0.01, "positive": 0.99}, frames=15,
+                            face_frames=15)
+    result = FrameResult(index=3, time=1.0, box=(1, 2, 30, 30), probabilities=probabilities, reading=reading)
+    assert annotation_lines(result, labels) == ["this frame: happy 99%",
+                                                "chair: positive (happy in 33% of recent face frames)"]
+    assert annotation_lines(result, labels, "ema")[1] == "chair: positive (happy, smoothed 33%)"
+    faceless = FrameResult(index=4, time=1.1, box=None, probabilities=None, reading=reading)
+    assert annotation_lines(faceless, labels)[0] == "this frame: no face"

@@ -724,3 +724,13 @@ def test_model_card_renders_every_measured_figure():
     assert "| **disgust** | 2 | 8 | 0 | 0 | 0 | 0 | 0 | 80.0% |" in card
     assert "weakest class on val is disgust (recall 80.0%); most of its errors (2 of 2) are read as angry" in card
     assert "| 90.0% | 50.0% | 70.0% | 60.0% |" in card
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="with an NVIDIA driver a CUDA error is real and shown")
+def test_no_cuda_error_line_on_a_machine_without_a_gpu():
+    """TensorFlow's 'failed call to cuInit' error is the expected answer on a CPU machine: not shown."""
+    done = subprocess.run([sys.executable, "-c", "from relaxd_train.cli import quiet_cuda_probe; quiet_cuda_probe(); "
+                           "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+    assert "cuInit" not in done.stderr and "CUDA" not in done.stderr, done.stderr

@@ -148,7 +148,7 @@ class ActuatorBank:
         """Every output to zero now, and latch; True if this call latched. Any thread; never waits on a lock."""
         newly = self.gate.close(reason)
         if newly:
-            log.info("actuators latched off: %s", reason)
+            log.info("outputs off (%s)", reason)  # at every start and stop too: the normal way out
         self._write_off()
         self._levels = self._levels.dark()
         return newly

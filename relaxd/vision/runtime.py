@@ -8,8 +8,12 @@ first one found, in that order, is chosen once at import; ``RUNTIME_NAME`` says 
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from relaxd.errors import ModelError, RuntimeMissingError
 
@@ -54,10 +58,40 @@ def load_interpreter(model: Union[Path, bytes], threads: int = 1) -> Any:
             raise ModelError(f"model {path} not found: check classifier.model in the configuration")
         source, kwargs = f"model {path}", {"model_path": str(path)}
     try:
-        interpreter = Interpreter(num_threads=threads, **kwargs)
-        interpreter.allocate_tensors()
+        with without_native_lines(DELEGATE_BANNER):
+            interpreter = Interpreter(num_threads=threads, **kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelError(
             f"{source} is not a valid TFLite model ({error}): re-export it with train-and-export"
         ) from None
     return interpreter
+
+
+# TFLite's C++ logger prints this to the process's stderr on every load; it is normal, and read
+# as trouble by everyone who sees it. The runtime has no Python switch for its log level.
+DELEGATE_BANNER = b"Created TensorFlow Lite XNNPACK delegate"
+
+
+@contextmanager
+def without_native_lines(*markers: bytes) -> Iterator[None]:
+    """Hold file descriptor 2 (where native libraries log) in the block, then pass on every line
+    that contains none of ``markers``: known noise goes, anything else still reaches the reader."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to keep quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True)
+                    if not any(marker in line for marker in markers)]
+            if kept:
+                os.write(2, b"".join(kept))

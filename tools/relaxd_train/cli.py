@@ -21,6 +21,7 @@ from relaxd.errors import RelaxdError
 from relaxd.logs import configure_logging
 from relaxd.vision.model_meta import load_metadata, metadata_path
 from relaxd.vision.preprocess import PreprocessSpec
+from relaxd.vision.runtime import without_native_lines
 from relaxd_train.architectures import ARCHITECTURES
 from relaxd_train.augment import AugmentSettings
 from relaxd_train.train import CLASS_WEIGHTINGS, TrainSettings
@@ -350,12 +351,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NVIDIA_DEVICE = Path("/dev/nvidiactl")  # present wherever an NVIDIA driver is loaded
+
+
+def quiet_cuda_probe() -> None:
+    """On a machine without an NVIDIA driver, TensorFlow's first device query logs "failed call to
+    cuInit" as an error; it is the expected answer there, so that query runs here, quietly, and any
+    other line it prints still shows. With a driver, nothing is hidden: a CUDA error there is real."""
+    if NVIDIA_DEVICE.exists():
+        return
+    try:
+        with without_native_lines(b"failed call to cuInit"):
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+    except ImportError:  # the commands that need TensorFlow say how to install it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["train-and-export", *argv])  # recorded in the model's metadata
     configure_logging("warning", "console")  # the daemon's log setup: stderr only, stdout stays ours
     try:
+        quiet_cuda_probe()
         return COMMANDS[args.command](args)
     except (RelaxdError, FileExistsError, FileNotFoundError) as error:
         print(f"train-and-export: error: {error}", file=sys.stderr)
