@@ -188,7 +188,7 @@ def test_duplicate_pseudonym_is_refused(store):
 def test_profile_with_sessions_is_deleted_only_when_asked(store):
     fox = store.create_profile("Fox")
     session = store.start_session(fox.id, "forest")
-    with pytest.raises(InvalidRecordError, match="'Fox' has 1 recorded session.*with_sessions=True"):
+    with pytest.raises(InvalidRecordError, match="'Fox' has 1 recorded session.*delete-profile NAME --with-sessions"):
         store.delete_profile(fox.id)
     assert store.get_profile(fox.id) == fox, "a refused deletion deletes nothing"
     assert store.delete_profile(fox.id, with_sessions=True) == [session]
