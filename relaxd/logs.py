@@ -33,7 +33,20 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 
 
 class _RelaxdHandler(logging.StreamHandler):
-    """Our handler on the root logger; its own class so reconfiguring replaces only it."""
+    """Our handler on the root logger; its own class so reconfiguring replaces only it.
+
+    Without a stream of its own it writes to whatever ``sys.stderr`` is when a record comes,
+    so a redirected or replaced stderr (a test's capture that has since closed) is followed.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -46,6 +59,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         raise ConfigError(f"unknown log level {level!r}; use one of: {', '.join(LEVELS)}")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown log format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    given = stream
     stream = stream if stream is not None else sys.stderr
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     if fmt == "json" or (fmt == "auto" and not is_tty):
@@ -63,7 +77,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,  # re-configurable (tests, CLI flags); our log volume is small
     )
-    handler = _RelaxdHandler(stream)
+    handler = _RelaxdHandler(given)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
