@@ -465,7 +465,7 @@ class NameScreen(Screen):
     def on_enter(self, host: Host) -> None:
         self.entered, self.error = self.start.suggested_name(), ""
 
-    def type(self, key: str) -> None:
+    def key(self, key: str) -> None:
         self.error = ""
         if key == "Del":
             self.entered = self.entered[:-1]
@@ -497,9 +497,9 @@ class NameScreen(Screen):
         for row, keys in enumerate(self.ROWS):
             for column, key in enumerate(keys):
                 self.buttons.append(Button(pygame.Rect(left + column * 62, 150 + row * 62, 60, 60), key,
-                                           lambda key=key: self.type(key), text_size=30))
+                                           lambda key=key: self.key(key), text_size=30))
         self.buttons.append(Button(pygame.Rect(left + 9 * 62, 150 + 3 * 62, 60, 60), "Del",
-                                   lambda: self.type("Del"), text_size=24))
+                                   lambda: self.key("Del"), text_size=24))
         self.buttons.append(Button(pygame.Rect(left, 404, 200, 70), "Cancel", lambda: host.go(StartScreen.name)))
         self.buttons.append(Button(pygame.Rect(left + 214, 404, 390, 70), "Use this pseudonym",
                                    lambda: self.use(host), GO_GREEN, enabled=bool(self.entered.strip())))
