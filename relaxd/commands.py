@@ -254,9 +254,9 @@ class ChairCommands:
     def list_profiles(self, args: _Args) -> list[dict[str, Any]]:
         """Each profile with the caps it asks for and, as ``effective_caps``, what this chair gives it
         (the lower of those and the chair's ceilings, as ``status`` shows during a session)."""
-        ceilings = self.chair.bank.ceilings
-        return [{**asdict(profile), "effective_caps": {channel: min(ceilings[channel], getattr(profile, f"{channel}_cap"))
-                                                       for channel in CHANNELS}}
+        bank = self.chair.bank
+        return [{**asdict(profile),
+                 "effective_caps": bank.capped({channel: getattr(profile, f"{channel}_cap") for channel in CHANNELS})}
                 for profile in self._store().list_profiles()]
 
     def delete_profile(self, args: _Args) -> dict[str, Any]:

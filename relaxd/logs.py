@@ -59,9 +59,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         raise ConfigError(f"unknown log level {level!r}; use one of: {', '.join(LEVELS)}")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown log format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    given = stream
-    stream = stream if stream is not None else sys.stderr
-    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    target = stream if stream is not None else sys.stderr
+    is_tty = hasattr(target, "isatty") and target.isatty()
     if fmt == "json" or (fmt == "auto" and not is_tty):
         # Plain traceback text, never local variables: they could hold a camera frame.
         final: list[structlog.typing.Processor] = [
@@ -77,7 +76,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,  # re-configurable (tests, CLI flags); our log volume is small
     )
-    handler = _RelaxdHandler(given)
+    handler = _RelaxdHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],

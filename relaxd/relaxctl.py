@@ -18,14 +18,13 @@ import getpass
 import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from relaxd.errors import RelaxdError
 from relaxd.ipc import CommandError, ControlClient, DaemonUnreachableError, resolve_socket_path
 from relaxd.settings import IpcSettings
-from relaxd.store import describe_end_reason
+from relaxd.store import describe_end_reason, local_time
 from relaxd.vocabulary import CHANNELS
 
 EXIT_OK = 0
@@ -92,16 +91,6 @@ def show_table(rows: list[dict[str, Any]], columns: Sequence[str], empty: str) -
     return "\n".join(lines)
 
 
-def _local(stamp: Optional[str]) -> Optional[str]:
-    """A stored UTC stamp in this machine's time zone, with the zone's name."""
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    except ValueError:
-        return stamp
-
-
 def show_profiles(rows: list[dict[str, Any]]) -> str:
     """Caps as this chair applies them; a cap held lower by the chair's ceiling is starred and explained."""
     limited = False
@@ -143,8 +132,8 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "set_caps": show_caps,
     "list_profiles": lambda rows: show_profiles(rows),
     "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
-    "list_sessions": lambda rows: show_table([{**row, "started": _local(row.get("started_at")),
-                                               "ended": _local(row.get("ended_at")),
+    "list_sessions": lambda rows: show_table([{**row, "started": local_time(row.get("started_at")),
+                                               "ended": local_time(row.get("ended_at")),
                                                "how it ended": (describe_end_reason(row.get("end_reason"))
                                                                 if row.get("ended_at") else "not ended")}
                                               for row in rows],

@@ -28,10 +28,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from relaxd.errors import RelaxdError
-from relaxd.store import CSV_COLUMNS, RecordNotFoundError, SessionStore, StoreError, describe_end_reason
+from relaxd.store import (CSV_COLUMNS, RecordNotFoundError, SessionStore, StoreError, describe_end_reason,
+                          local_time)
 from relaxd.vocabulary import GROUPS
 
 LATEST = "latest"
@@ -112,7 +113,7 @@ def _unknown_session_message(store: SessionStore, session_id: int) -> str:
     recent = store.list_sessions(limit=LATEST_IDS_SHOWN)
     if not recent:
         return f"no session {session_id}: the session store {store.path} has no sessions yet"
-    listed = ", ".join(f"{s.id} ({_local(s.started_at)})" for s in recent)
+    listed = ", ".join(f"{s.id} ({local_time(s.started_at)})" for s in recent)
     return f"no session {session_id} in {store.path}; the latest are: {listed}. Give one of these or '{LATEST}'"
 
 
@@ -173,13 +174,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 # Title and marks
 
 
-def _local(stamp: Optional[str]) -> str:
-    """A stored UTC stamp in this machine's time zone, to the second."""
-    if not stamp:
-        return "-"
-    return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -193,10 +187,10 @@ def report_title(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     if session["ended_at"]:
         seconds = (datetime.fromisoformat(session["ended_at"])
                    - datetime.fromisoformat(session["started_at"])).total_seconds()
-        when = f"{_local(session['started_at'])} to {_local(session['ended_at'])} ({_duration(seconds)})"
+        when = f"{local_time(session['started_at'])} to {local_time(session['ended_at'])} ({_duration(seconds)})"
         reason = describe_end_reason(session["end_reason"])
     else:
-        when = f"from {_local(session['started_at'])} ({_duration(len(rows))} recorded)"
+        when = f"from {local_time(session['started_at'])} ({_duration(len(rows))} recorded)"
         reason = "session not closed"
     return (f"Session {session['id']} · {who} · scenario {session['scenario']}\n"
             f"{when} · end: {reason}")

@@ -248,6 +248,20 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+LOCAL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+
+
+def local_time(stamp: Optional[str], fmt: str = LOCAL_TIME_FORMAT) -> str:
+    """A stored UTC stamp as this machine's local time (by default to the second, with the zone's
+    name); "-" for none, the raw text if it is not a stamp."""
+    if not stamp:
+        return "-"
+    try:
+        return datetime.fromisoformat(stamp).astimezone().strftime(fmt).strip()
+    except ValueError:
+        return stamp
+
+
 def _sortable_time(stamp: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(stamp)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from relaxd.actuators.base import RGB, Actuator, Light, OutputGate, OutputLatchedError, check_level, check_rgb
 from relaxd.errors import ConfigError
@@ -106,11 +106,15 @@ class ActuatorBank:
         return {"light": self.settings.max_light, "sound": self.settings.max_sound,
                 "vibration": self.settings.max_vibration}
 
+    def capped(self, child_caps: Mapping[str, float]) -> Dict[str, float]:
+        """The effective cap per channel for these caps of a child: the lower of it and the chair's ceiling."""
+        ceilings = self.ceilings
+        return {channel: min(ceilings[channel], child_caps[channel]) for channel in CHANNELS}
+
     @property
     def caps(self) -> Dict[str, float]:
-        """The effective cap per channel: the lower of the settings' ceiling and the child's cap."""
-        ceilings = self.ceilings
-        return {channel: min(ceilings[channel], self._child_caps[channel]) for channel in CHANNELS}
+        """The effective cap per channel of the child now in the chair."""
+        return self.capped(self._child_caps)
 
     def set_caps(self, *, light: Optional[float] = None, sound: Optional[float] = None,
                  vibration: Optional[float] = None) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
@@ -43,7 +42,7 @@ from relaxd.panel.widgets import (ALARM_HIGH, ALARM_MEDIUM, BAD_RED, BUTTON, CHA
                                   GROUP_COLOURS, MUTED, SELECTED, STATE_COLOURS, STOP_RED, SURFACE, TEXT, WARN_AMBER,
                                   Bar, Button, Colour, Keypad, Painter, TouchArea, draw_dot, fit)
 from relaxd.settings import DEFAULT_PANEL_PIN, PanelSettings
-from relaxd.store import describe_end_reason
+from relaxd.store import describe_end_reason, local_time
 
 SIZE = (800, 480)
 STOP_RECT = pygame.Rect(636, 4, 160, 150)
@@ -201,7 +200,7 @@ class AlarmsScreen(Screen):
             alarm = alarms[self.index]
             painter.text(f"Alarm {self.index + 1} of {len(alarms)}: {alarm_title(alarm.kind)}", (left, 108), 30,
                          BAD_RED if alarm.priority == "high" else WARN_AMBER)
-            painter.text(f"{alarm.priority} priority, raised {local_time(alarm.time)}", (left, 142), 22, MUTED)
+            painter.text(f"{alarm.priority} priority, raised {to_minute(alarm.time)}", (left, 142), 22, MUTED)
             painter.fitted(alarm.message, pygame.Rect(left, 170, 604, 224), sizes=(26, 22, 20, 18))
             self.buttons.append(Button(pygame.Rect(left + 304, 404, 300, 70), "Acknowledge",
                                        lambda: host.send("ack", tag="ack", id=alarm.id, by="panel"), WARN_AMBER,
@@ -715,17 +714,12 @@ def session_label(session: dict) -> str:
     """Two lines for a session's button: who and what, then when and how it ended."""
     ended = "not ended" if session.get("ended_at") is None else describe_end_reason(session.get("end_reason"))
     return (f"#{session['id']}  {session.get('profile') or '-'}  ·  {session.get('scenario') or '-'}\n"
-            f"{local_time(session.get('started_at'))}  ·  {ended}")
+            f"{to_minute(session.get('started_at'))}  ·  {ended}")
 
 
-def local_time(stamp: Optional[str]) -> str:
-    """A stored UTC stamp as the chair's local date and time, to the minute; the raw text if unreadable."""
-    if not stamp:
-        return "-"
-    try:
-        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return stamp
+def to_minute(stamp: Optional[str]) -> str:
+    """A stored stamp as the chair's local date and time, to the minute (a button's width)."""
+    return local_time(stamp, "%Y-%m-%d %H:%M")
 
 
 # --------------------------------------------------------------------------- settings

@@ -127,7 +127,7 @@ class Painter:
         y = rect.top
         line_height = self.font(size).get_linesize()
         lines = wrap(self.font(size), text, rect.width)
-        fitting = max(0, (rect.height) // line_height) if line_height else len(lines)
+        fitting = rect.height // line_height
         if len(lines) > fitting:
             if shorten and fitting:
                 lines = lines[:fitting - 1] + [fit(self.font(size), " ".join(lines[fitting - 1:]) + " …", rect.width)]
