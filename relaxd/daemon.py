@@ -210,7 +210,8 @@ class Chair:
             parts.callback(self.alerts.close)
             self.recorder = SessionRecorder(self.store).start()
             parts.callback(self._close_recorder)
-            self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event)
+            self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event,
+                                                       small_width=settings.detector.detect_width)
             parts.callback(self._stop_grabber)
             self.watchdog = Watchdog(settings.safety.watchdog_deadline_s, self._watchdog_expired)
             parts.callback(self.watchdog.stop)
@@ -268,7 +269,7 @@ class Chair:
                 continue
             last_index = frame.index
             try:
-                result = self.pipeline.process(frame.image, frame.timestamp, frame.index)
+                result = self.pipeline.process(frame.image, frame.timestamp, frame.index, frame.small_gray)
             except Exception as error:  # a broken runtime or a frame OpenCV rejects: it would only repeat
                 log.exception("vision.failed", frame=frame.index)
                 self._vision_failure = f"{type(error).__name__}: {error}"

@@ -64,7 +64,7 @@ def _require_skimage():
     return data
 
 
-def _sprite() -> tuple[np.ndarray, np.ndarray]:
+def astronaut_sprite() -> tuple[np.ndarray, np.ndarray]:
     """The head-and-shoulders cut-out (BGR float32) and its soft person-shaped alpha."""
     photo = cv2.cvtColor(_require_skimage().astronaut(), cv2.COLOR_RGB2BGR)
     x, y, w, h = SPRITE_RECT
@@ -76,7 +76,7 @@ def _sprite() -> tuple[np.ndarray, np.ndarray]:
     return sprite, alpha[:, :, np.newaxis]
 
 
-def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def room_background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A room-like backdrop: a warm wall gradient with soft, large-scale blotches."""
     width, height = size
     ramp_y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, np.newaxis, np.newaxis]
@@ -151,8 +151,8 @@ def render_frames(seconds: float = 10, fps: float = 15, size: tuple[int, int] = 
                   seed: int = 0) -> Iterator[np.ndarray]:
     """Yield the clip's BGR uint8 frames (in memory; ``make_demo_clip`` writes them)."""
     rng = np.random.default_rng(seed)
-    sprite, alpha = _sprite()
-    background = _background(size, rng)
+    sprite, alpha = astronaut_sprite()
+    background = room_background(size, rng)
     width, height = size
     side_light = np.linspace(-1.0, 1.0, width, dtype=np.float32)[np.newaxis, :, np.newaxis]
     for fraction in _fractions(seconds, fps):

@@ -51,7 +51,9 @@ class DetectorSettings:
     min_face_fraction: float = ranged(0.1, 0.02, 1.0, "smallest face, as a fraction of the frame height")
     detect_width: int = ranged(320, 80, 4096, "frames are downscaled to this width for detection")
     roi_margin: float = ranged(0.6, 0.1, 3.0, "search window around the last face, grown by this fraction")
-    full_scan_interval: int = ranged(15, 1, 1000, "rescan the whole frame every N frames while tracking")
+    full_scan_interval: int = ranged(30, 1, 1000, "rescan the whole frame every N frames while tracking")
+    cascade_interval: int = ranged(10, 1, 1000, "between cascade runs a tracked face is confirmed by template "
+                                   "matching; run the cascade around it at least every N frames (1: every frame)")
     pick: str = choice("largest", ("largest", "central"), "which face is the child's when several are found")
     region_left: float = ranged(0.0, 0.0, 1.0, "camera frames: only a face whose centre lies right of this "
                                 "fraction of the width counts (e.g. to leave out a caregiver at the side)")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from chairkit import wait_for
 
+from relaxd.capture.sources import lores_size
 from relaxd.capture import (
     CaptureStatus,
     FrameGrabber,
@@ -284,6 +285,13 @@ class StandInPicamera2:
         self.calls.append(("capture_array", stream))
         return np.zeros((480, 640, 3), np.uint8)
 
+    def capture_arrays(self, streams: list[str]):
+        """main and a 320x240 YUV420 lores: Y rows above U and V, each row padded to a 384 stride."""
+        self.calls.append(("capture_arrays", tuple(streams)))
+        yuv = np.full((360, 384), 255, np.uint8)
+        yuv[:240, :320] = np.arange(320, dtype=np.uint8)[np.newaxis, :] % 200
+        return [np.zeros((480, 640, 3), np.uint8), yuv], {}
+
     def stop(self) -> None:
         self.calls.append(("stop",))
 
@@ -463,3 +471,14 @@ def test_grabber_start_fails_loudly_on_a_missing_file(tmp_path: Path) -> None:
         grabber.start()
     assert grabber.status is CaptureStatus.FAILED
     assert grabber.latest(timeout=None) is None
+
+
+def test_picamera_delivers_the_y_plane_of_a_lores_stream_for_detection(picamera2) -> None:
+    with PiCameraSource(640, 480, fps=20.0, small_width=320) as source:
+        image, small = source.read_with_small_gray()
+        (_, config), *_ = picamera2.last.calls
+    assert config["lores"] == {"size": (320, 240), "format": "YUV420"}
+    assert image.shape == (480, 640, 3) and small.shape == (240, 320)
+    assert small.max() < 200, "the stride padding and the U/V planes are cut off"
+    assert lores_size((640, 480), 0) is None and lores_size((640, 480), 640) is None
+    assert lores_size((1280, 720), 321) == (320, 180)

@@ -85,7 +85,8 @@ def test_full_valid_file():
           min_face_fraction: 0.2
           detect_width: 480
           roi_margin: 0.5
-          full_scan_interval: 30
+          full_scan_interval: 45
+          cascade_interval: 4
           pick: central
           region_left: 0.2
           region_right: 0.8

@@ -362,3 +362,47 @@ def test_tracker_copes_with_a_change_of_frame_size(astronaut):
     half = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
     box = tracker.track(half)
     assert box is not None and iou(box, tuple(v // 2 for v in FACE)) > 0.6
+
+
+# -- the fast path (issue 16) --------------------------------------------------------------
+
+
+def test_a_tracked_face_is_confirmed_by_its_picture_and_lost_at_once_when_it_goes(clip, astronaut):
+    _, frames = clip
+    tracker = FaceDetector(DetectorSettings())
+    every_frame = FaceDetector(DetectorSettings(cascade_interval=1))
+    pairs = [(tracker.track(f), every_frame.track(f)) for f in frames]
+    assert tracker.counts.confirmed > tracker.counts.cascade, "the picture, not the cascade, follows her"
+    both = [(a, b) for a, b in pairs if a is not None and b is not None]
+    assert len(both) >= 0.95 * sum(b is not None for _, b in pairs)
+    assert np.mean([iou(a, b) for a, b in both]) > 0.8
+    # A face that vanishes between cascade runs is not kept on the background by its picture.
+    frame = cv2.copyMakeBorder(astronaut, 0, 0, 64, 64, cv2.BORDER_REPLICATE)
+    fresh = FaceDetector(DetectorSettings())
+    assert fresh.track(frame) is not None and fresh.track(frame) is not None
+    assert fresh.counts.confirmed == 1
+    empty = frame.copy()
+    empty[40:200, 200:340] = 128
+    assert fresh.track(empty) is None
+
+
+def test_an_unchanged_empty_view_is_not_scanned_again_but_a_face_arriving_is_found_at_once(astronaut):
+    settings = DetectorSettings(full_scan_interval=10)
+    tracker = FaceDetector(settings)
+    empty = noise_and_gradient(512, 512)
+    for _ in range(5):
+        assert tracker.track(empty) is None
+    assert tracker.counts.skipped == 4 and tracker.counts.cascade == 1
+    for _ in range(10):
+        tracker.track(empty)
+    assert tracker.counts.cascade == 2, "an unchanged view is still rescanned every full_scan_interval frames"
+    assert iou(tracker.track(astronaut), FACE) > 0.6
+
+
+def test_a_cameras_small_grey_copy_gives_the_same_face(astronaut):
+    frame = cv2.resize(astronaut, (640, 640))
+    expected = FaceDetector(DetectorSettings()).track(frame)
+    small = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (320, 320), interpolation=cv2.INTER_AREA)
+    assert FaceDetector(DetectorSettings()).track(frame, small) == expected
+    other = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (256, 256), interpolation=cv2.INTER_AREA)
+    assert iou(FaceDetector(DetectorSettings()).track(frame, other), expected) > 0.8

@@ -110,10 +110,12 @@ class FrameGrabber:
 
     @classmethod
     def from_settings(
-        cls, settings: CameraSettings, *, realtime: bool | None = None, on_event: EventCallback | None = None
+        cls, settings: CameraSettings, *, realtime: bool | None = None, on_event: EventCallback | None = None,
+        small_width: int = 0,
     ) -> "FrameGrabber":
-        """A grabber whose sources come from ``open_source(settings, realtime=realtime)``."""
-        return cls(functools.partial(open_source, settings, realtime=realtime), settings, on_event=on_event)
+        """A grabber whose sources come from ``open_source(settings, realtime=realtime, small_width=small_width)``."""
+        return cls(functools.partial(open_source, settings, realtime=realtime, small_width=small_width), settings,
+                   on_event=on_event)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -239,13 +241,13 @@ class FrameGrabber:
                     continue
                 try:
                     with self._camera_call():
-                        image, reason = source.read(), "read() returned no frame"
+                        (image, small_gray), reason = source.read_with_small_gray(), "read() returned no frame"
                 except Exception as exc:  # a vanished camera raises all sorts of things
-                    image, reason = None, f"read() raised {exc!r}"
+                    image, small_gray, reason = None, None, f"read() raised {exc!r}"
                 if self._stop.is_set():
                     break
                 if image is not None:
-                    self._publish(image)
+                    self._publish(image, small_gray)
                     delay = self._backoff_initial
                 elif source.finite:
                     self._finish(CaptureStatus.ENDED, "ended", {"source": source.name, "reason": reason})
@@ -314,14 +316,16 @@ class FrameGrabber:
         except Exception as exc:
             log.warning("closing the frame source failed", source=source.name, error=repr(exc))
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _publish(self, image: np.ndarray, small_gray: np.ndarray | None = None) -> None:
         image.flags.writeable = False  # shared by every consumer: nobody may draw on it
+        if small_gray is not None:
+            small_gray.flags.writeable = False
         now = self._clock()
         with self._cond:
             if self._frame is not None and not self._taken:
                 self._dropped += 1
             index = self._frame.index + 1 if self._frame is not None else 0
-            self._frame = Frame(image, now, index)
+            self._frame = Frame(image, now, index, small_gray)
             self._taken = False
             self._captured += 1
             stalled_since, self._stall_reported_at = self._stall_reported_at, None

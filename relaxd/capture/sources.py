@@ -38,6 +38,7 @@ class Frame:
     image: np.ndarray  # BGR uint8 (H, W, 3); read-only when it comes from FrameGrabber
     timestamp: float  # time.monotonic() when the frame was captured/decoded
     index: int  # sequence number from the source, starting at 0
+    small_gray: np.ndarray | None = None  # the camera's own small grey copy for detection, where it makes one
 
 
 class FrameSource(abc.ABC):
@@ -67,6 +68,11 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the device. Safe to call twice or without open()."""
+
+    def read_with_small_gray(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The next image and, where the camera makes one itself, a small grey copy of it for
+        face detection (None otherwise: the detector then converts and downscales on the CPU)."""
+        return self.read(), None
 
     def frames(self) -> Iterator[Frame]:
         """Every frame in order until ``read()`` returns None (replaying a file for tests and benchmarks)."""
@@ -270,14 +276,21 @@ class OpenCVSource(FrameSource):
 
 
 class PiCameraSource(FrameSource):
-    """The Raspberry Pi camera through picamera2 (libcamera); tests use a stand-in module, the real one needs a Pi."""
+    """The Raspberry Pi camera through picamera2 (libcamera); tests use a stand-in module, the real one needs a Pi.
+
+    With ``small_width`` the camera delivers, from the same request as each main frame, a
+    low-resolution YUV420 stream too, scaled by the ISP: its Y plane is the grey image the
+    face detector scans, so no grey conversion or resizing of the whole frame is left to the
+    CPU (picamera2's own face-detection example does the same).
+    """
 
     is_live = True
 
-    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, small_width: int = 0) -> None:
         self.name = "picamera"
         self.fps = float(fps)
         self._size = (int(width), int(height))
+        self._lores = lores_size(self._size, small_width)
         self._camera = None
 
     def open(self) -> None:
@@ -296,10 +309,11 @@ class PiCameraSource(FrameSource):
             # picamera2's "RGB888" names the libcamera/DRM format; in memory each pixel is
             # [B, G, R], i.e. exactly OpenCV's BGR order, so no conversion is needed.
             # (Some Pi 5 pipelines are reported to swap it: check colours there.)
+            streams = {"main": {"size": self._size, "format": "RGB888"}}
+            if self._lores is not None:
+                streams["lores"] = {"size": self._lores, "format": "YUV420"}  # the Pi 4 ISP's lores format
             config = camera.create_video_configuration(
-                main={"size": self._size, "format": "RGB888"},
-                controls={"FrameDurationLimits": (frame_us, frame_us)},
-            )
+                **streams, controls={"FrameDurationLimits": (frame_us, frame_us)})
             camera.configure(config)
             camera.start()
         except Exception as exc:
@@ -308,9 +322,18 @@ class PiCameraSource(FrameSource):
         self._camera = camera
 
     def read(self) -> np.ndarray | None:
+        return self.read_with_small_gray()[0]
+
+    def read_with_small_gray(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         if self._camera is None:
             raise CaptureError("picamera: read() before open()")
-        return self._camera.capture_array("main")
+        if self._lores is None:
+            return self._camera.capture_array("main"), None
+        (image, yuv), _ = self._camera.capture_arrays(["main", "lores"])
+        width, height = self._lores
+        # A YUV420 array is the Y plane (height rows) above the U and V planes, each row
+        # padded to the stride: the top-left width x height block is the grey image.
+        return image, yuv[:height, :width]
 
     def close(self) -> None:
         if self._camera is not None:
@@ -321,8 +344,21 @@ class PiCameraSource(FrameSource):
                 camera.close()
 
 
-def open_source(settings: CameraSettings, *, realtime: bool | None = None) -> FrameSource:
+def lores_size(size: tuple[int, int], small_width: int) -> tuple[int, int] | None:
+    """The lores stream's size for detection at ``small_width``: the main stream's aspect
+    ratio, even sides (YUV420 halves them for U and V); None when it would not be smaller."""
+    width, height = size
+    if small_width <= 0 or small_width >= width:
+        return None
+    small = small_width - small_width % 2
+    return small, max(2, int(round(height * small / width / 2)) * 2)
+
+
+def open_source(settings: CameraSettings, *, realtime: bool | None = None, small_width: int = 0) -> FrameSource:
     """The source named by ``settings.source``, not yet opened.
+
+    ``small_width`` asks a camera that can scale in hardware (the Pi camera) for a small
+    grey copy of each frame at that width too, for the face detector (``detector.detect_width``).
 
     ``picamera``; ``usb:N`` or a plain integer (V4L2 index); a URL (``rtsp://``, ``http://``...);
     otherwise a video file path. ``realtime`` overrides ``settings.realtime`` for files
@@ -335,7 +371,7 @@ def open_source(settings: CameraSettings, *, realtime: bool | None = None) -> Fr
     if spec == "demo":
         raise CaptureError("camera.source 'demo' must be resolved to the demo clip before open_source()")
     if spec == "picamera":
-        return PiCameraSource(*size, settings.fps)
+        return PiCameraSource(*size, settings.fps, small_width=small_width)
     if spec.startswith("usb:") or spec.isdigit():
         number = spec.removeprefix("usb:")
         if not number.isdigit():

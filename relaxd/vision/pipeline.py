@@ -63,11 +63,15 @@ class VisionPipeline:
         decision = configured_decision(settings.affect, classifier.metadata)
         return cls(detector, classifier, AffectAggregator(settings.affect, classifier.metadata, decision))
 
-    def process(self, frame: np.ndarray, now: float, index: int = 0) -> FrameResult:
-        """Run one frame through the path; ``now`` is the frame's monotonic (or video) time."""
+    def process(self, frame: np.ndarray, now: float, index: int = 0,
+                small_gray: np.ndarray | None = None) -> FrameResult:
+        """Run one frame through the path; ``now`` is the frame's monotonic (or video) time.
+
+        ``small_gray`` is the camera's own small grey copy of the frame, where it makes one.
+        """
         timer = self.timer
         started = time.perf_counter()
-        box = self.detector.track(frame)
+        box = self.detector.track(frame, small_gray)
         detected = time.perf_counter()
         timer.add("detect", detected - started)
         probabilities = None
