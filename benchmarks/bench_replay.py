@@ -25,6 +25,7 @@ decision >= 97%. Run: ``.venv/bin/python benchmarks/bench_replay.py [--clip NAME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     cv2.setNumThreads(1)
     settings = Settings(classifier=ClassifierSettings(model=str(args.model or ""), threads=1))
-    rows = [measure_clip(name, settings, not args.no_peer) for name in args.clip or clips.available()]
+    with contextlib.redirect_stdout(sys.stderr):  # library and log lines stay off the JSON on stdout
+        rows = [measure_clip(name, settings, not args.no_peer) for name in args.clip or clips.available()]
     everything = overall(rows)
     result = {
         "clips": [{**row, **ratios(row)} for row in rows],
