@@ -51,7 +51,9 @@ TARGETS = {"speedup_vs_peer": 10.0, "mean_iou": 0.8, "face_found": 0.98, "same_d
 class RecordingPipeline(VisionPipeline):
     """The daemon's pipeline, keeping each frame's result for the comparison."""
 
-    results: list[FrameResult]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.results: list[FrameResult] = []
 
     def process(self, frame: np.ndarray, now: float, index: int = 0) -> FrameResult:
         result = super().process(frame, now, index)
@@ -134,10 +136,7 @@ def compare(reference: list[Optional[Box]], ref_decisions: list[Optional[int]],
 def measure_clip(name: str, settings: Settings, with_peer: bool) -> dict[str, Any]:
     video = clips.ensure_clip(name)
     pipeline = RecordingPipeline.from_settings(settings)
-    reference_fps, reference, ref_decisions = full_detection(video, pipeline)
-    pipeline.results = []
-    pipeline.timer.__init__()
-    pipeline.detector.counts.__init__()
+    reference_fps, reference, ref_decisions = full_detection(video, pipeline)  # not through pipeline.process
     summary = replay(video, settings, pipeline=pipeline)
     row = {
         "clip": name,

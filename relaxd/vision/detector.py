@@ -16,7 +16,7 @@ Two ways in:
   sizes near the last one) and over the whole frame every ``full_scan_interval``
   frames. With no face, the whole frame is scanned again only once the picture has
   changed (or every ``full_scan_interval`` frames), so an empty chair costs almost
-  nothing. Detection, not the CNN, is what the cascade made the cost per frame.
+  nothing. The cascade, not the CNN, was the cost per frame; now it runs on few frames.
 
 Boxes are (x, y, width, height) in the pixels of the image passed in, inside it.
 """
@@ -405,31 +405,30 @@ class FaceDetector:
         converted and downscaled here. Only faces whose centre lies in the configured
         region (``region_*``) count.
         """
-        if small is None or small.ndim != 2 or small.shape[1] > frame.shape[1]:
-            small = self.small_gray(frame)
         if frame.shape[:2] != self._last_shape:  # first frame, or the camera changed its size
             self.reset()
             self._last_shape = frame.shape[:2]
         self._since_full += 1
         self._since_cascade += 1
-        best = None
         if (self._last is not None and self._picture is not None
                 and self._since_cascade < self.settings.cascade_interval
                 and self._since_full < self.settings.full_scan_interval):
-            best = self._confirm(frame, self._last, self._picture)
-            if best is not None and not self._in_region([best], frame.shape):
-                best = None
-        if best is not None:
-            self.counts.confirmed += 1
-        elif self._last is None and self._unchanged_since_empty_scan(small):
+            confirmed = self._confirm(frame, self._last, self._picture)
+            if confirmed is not None and self._in_region([confirmed], frame.shape):
+                self.counts.confirmed += 1
+                self._last = confirmed
+                return clip_box(confirmed, frame.shape)
+        # Only the scans need the whole frame small and grey: a confirmed frame never makes it.
+        if small is None or small.ndim != 2 or small.shape[1] > frame.shape[1]:
+            small = self.small_gray(frame)
+        if self._last is None and self._unchanged_since_empty_scan(small):
             self.counts.skipped += 1
             return None
-        else:
-            best = self._cascade_track(frame, small)
-            self._picture = self._take_picture(frame, best)
-            self._since_cascade = 0
-            if best is not None:
-                self._empty_view = None
+        best = self._cascade_track(frame, small)
+        self._picture = self._take_picture(frame, best)
+        self._since_cascade = 0
+        if best is not None:
+            self._empty_view = None
         self._last = best
         return None if best is None else clip_box(best, frame.shape)
 
