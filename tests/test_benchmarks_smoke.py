@@ -16,6 +16,7 @@ the benchmark's face selection has something to choose from.
 from __future__ import annotations
 
 import importlib.util
+import os
 import json
 import sys
 from pathlib import Path
@@ -129,3 +130,51 @@ def test_onset_benchmark_lowers_after_negative_faces(brightness_model, capsys):
     assert not trial["lowered_before_onset"]
     assert trial["reaction"] in ("intensity_lowered", "adverse_reaction")
     assert trial["reaction_s"] >= trial["onset_s"]
+
+
+@pytest.fixture
+def restore_affinity():
+    """bench_replay pins its process to one core; give the test process its cores back."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+
+
+@pytest.mark.slow
+def test_replay_benchmark_compares_the_fast_path_with_full_detection(restore_affinity, capsys):
+    bench = load_benchmark("bench_replay")
+    assert bench.main(["--clip", "demo", "--no-peer", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (clip,) = result["clips"]
+    everything = result["all"]
+    assert clip["clip"] == "demo" and everything["frames"] == clip["frames"] > 0
+    assert everything["peer_fps"] is None and everything["speedup_vs_peer"] is None  # --no-peer
+    assert everything["relaxd_fps"] > 0 and everything["reference_fps"] > 0
+    assert set(everything["stage_ms"]) >= {"decode", "detect", "preprocess", "infer", "aggregate"}
+    # The demo face is in view most of the clip: where full detection finds it, so must the fast path.
+    assert everything["reference_face_frames"] > 0.5 * everything["frames"]
+    assert everything["face_found"] >= 0.9 and everything["mean_iou"] >= 0.6
+    assert everything["face_found_by"]["confirmed"] > 0, "the tracked face was never confirmed by its picture"
+    assert 0.0 <= everything["same_decision"] <= 1.0
+    assert set(result["targets"]) == {"speedup_vs_peer", "mean_iou", "face_found", "same_decision"}
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_measures_the_running_daemon(capsys):
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("bench_cpu reads /proc")
+    bench = load_benchmark("bench_cpu")
+    assert bench.main(["--seconds", "2", "--warmup", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fps"] == 15.0 and result["seconds"] >= 2.0
+    assert result["cpu_seconds"] > 0, "the daemon did no work at all: was it running?"
+    assert 0.0 < result["cpu_share_of_one_core"] <= result["cores_here"]
+
+
+def test_cpu_benchmark_refuses_nonsense_arguments(capsys):
+    bench = load_benchmark("bench_cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--seconds", "0"])
+    assert exit_info.value.code == 2
+    assert "--seconds" in capsys.readouterr().err

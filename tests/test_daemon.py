@@ -84,6 +84,53 @@ def test_a_simulated_session_stimulates_and_is_recorded(tmp_path, tiny_model, de
     store.close()
 
 
+def test_the_cameras_own_small_grey_frame_is_what_the_detector_gets(tmp_path, tiny_model, demo_clip, monkeypatch):
+    """A Pi camera delivers a lores Y plane beside the main frame (issue 16): the daemon must ask for
+    it at the detector's width and hand that very array to the pipeline, not convert again."""
+    import cv2
+
+    from relaxd.capture import grabber as grabber_module
+
+    real_open, widths, sent, received = grabber_module.open_source, [], [], []
+
+    def open_with_small_gray(settings, *, realtime=None, small_width=0):
+        source = real_open(settings, realtime=realtime, small_width=small_width)
+        widths.append(small_width)
+
+        def read_with_small_gray():
+            image = source.read()
+            if image is None:
+                return None, None
+            height = image.shape[0] * small_width // image.shape[1]
+            small = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (small_width, height))
+            sent.append(small)
+            return image, small
+
+        source.read_with_small_gray = read_with_small_gray
+        return source
+
+    monkeypatch.setattr(grabber_module, "open_source", open_with_small_gray)
+    settings = chair_settings(tmp_path, tiny_model, demo_clip)
+    chair = Chair(settings)
+    process = chair.pipeline.process
+
+    def spy(image, timestamp, index, small_gray=None):
+        received.append(small_gray)
+        return process(image, timestamp, index, small_gray)
+
+    chair.pipeline.process = spy
+    thread = run_in_thread(chair, profile="kid-lores", scenario="calm-sea")
+    try:
+        assert wait_for(lambda: len(received) > 10 and chair.report.readings > 5), "vision never ran"
+    finally:
+        chair.request_stop("test")
+        thread.join(10)
+    assert widths and set(widths) == {settings.detector.detect_width}
+    assert all(small is not None and any(small is copy for copy in sent) for small in received), \
+        "the pipeline got something other than the camera's own small grey frame"
+    assert chair.report.readings > 0, "no face was found on the small grey frames"
+
+
 def test_estop_button_cuts_every_output_and_latches(tmp_path, tiny_model, demo_clip):
     factory = MockFactory(pin_class=ChairPin)
     settings = chair_settings(
