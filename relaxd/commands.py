@@ -21,6 +21,7 @@ import structlog
 from relaxd.alerts import AlertError
 from relaxd.control import CommandRejected, ProfileError, State
 from relaxd.errors import CommandTimeoutError, RelaxdError
+from relaxd.learning import child_rules, plan_start
 from relaxd.ipc import (BAD_ARGS, FAILED, NOT_FOUND, REJECTED, TIMEOUT, UNKNOWN_COMMAND, CommandError,
                         resolve_socket_path)
 from relaxd.report import LATEST, ReportError, UnknownSessionError, render_session_report, resolve_session
@@ -140,10 +141,17 @@ class ChairCommands:
         return self.chair.status()
 
     def start(self, args: _Args) -> dict[str, Any]:
+        """Start a session: the named scenario (the operator's choice wins over the learner's), else
+        the profile's preferred one, else the learner's choice (what ``suggest`` shows)."""
         profile = args.text("profile", required=True, max_len=64)
         scenario = args.text("scenario")
-        chair = self.chair
-        stored = self._store().find_profile(profile)  # here, so the control loop never reads the store
+        chair, store = self.chair, self._store()
+        stored = store.find_profile(profile)  # here, so the control loop never reads the store
+        if scenario is not None and scenario in child_rules(store, stored).excluded:
+            raise CommandRejected(f"{scenario!r} is excluded for {profile!r} by a therapist: choose another, or "
+                                  f"include it again first (relaxctl include-scenario {profile} {scenario})")
+        plan = None if scenario is not None else plan_start(store, chair.controller.scenarios,
+                                                             chair.settings.control, profile, stored)
 
         def start(now: float) -> tuple[Any, list]:
             # Checked before start_session, which creates the profile and sets caps first.
@@ -154,8 +162,14 @@ class ChairCommands:
                 raise CommandRejected(f"profile {profile!r} is being deleted right now")
             if scenario is not None and scenario not in chair.controller.scenario_names:
                 raise CommandRejected(f"no scenario named {scenario!r}; choose one of {chair.controller.scenario_names}")
-            handle = chair.start_session(profile, scenario, now, stored)
-            return ({"state": self._state(), "profile": profile, "scenario": chair.controller.scenario}, handle), []
+            if plan is None:
+                handle = chair.start_session(profile, scenario, now, stored)
+            else:
+                handle = chair.start_session(profile, plan.scenario, now, stored, chosen_by=plan.chosen_by,
+                                             why=plan.why, switcher=plan.switcher)
+            chosen = chair.controller.chosen_by
+            return ({"state": self._state(), "profile": profile, "scenario": chair.controller.scenario,
+                     "chosen_by": chosen.value if chosen else None, "why": plan.why if plan else ""}, handle), []
 
         result, handle = self._in_loop(start)
         # The recorder writes the session's row; a store slow to answer delays only this reply's id.
@@ -307,7 +321,49 @@ class ChairCommands:
 
     def list_scenarios(self, args: _Args) -> list[dict[str, Any]]:
         default = self.chair.settings.control.default_scenario
-        return [{"name": name, "default": name == default} for name in self.chair.controller.scenario_names]
+        scenarios = self.chair.controller.scenarios
+        return [{"name": name, "default": name == default, "features": scenarios[name].features.describe(),
+                 "description": scenarios[name].description} for name in self.chair.controller.scenario_names]
+
+    def suggest(self, args: _Args) -> dict[str, Any]:
+        """What ``start`` without a scenario would play for this child, who chose it and why, with the
+        learner's estimate per scenario and the therapist's exclusions and blocks."""
+        pseudonym = args.text("profile", required=True, max_len=64)
+        store, chair = self._store(), self.chair
+        profile = store.find_profile(pseudonym)
+        plan = plan_start(store, chair.controller.scenarios, chair.settings.control, pseudonym, profile)
+        return {"profile": pseudonym, "new_child": profile is None, **plan.to_dict()}
+
+    def _scenario_rule(self, args: _Args, rule: str, *, clear: bool) -> dict[str, Any]:
+        pseudonym = args.text("profile", required=True, max_len=64)
+        scenario = args.text("scenario", required=True, max_len=64)
+        by = args.text("by", default="socket", max_len=64)
+        if scenario not in self.chair.controller.scenarios:
+            raise CommandError(NOT_FOUND, f"no scenario named {scenario!r}; choose one of "
+                                          f"{self.chair.controller.scenario_names}")
+        store = self._store()
+        profile = store.find_profile(pseudonym)
+        if profile is None:
+            raise RecordNotFoundError(f"no profile named {pseudonym!r} (relaxctl list-profiles lists them)")
+        if clear:
+            changed = store.clear_scenario_rule(profile.id, scenario, rule)
+        else:
+            store.set_scenario_rule(profile.id, scenario, rule, reason=f"by {by}", set_by=by)
+            changed = True
+        log.warning("scenario rule", profile=pseudonym, scenario=scenario, rule=rule, cleared=clear,
+                    changed=changed, by=by)
+        return {"profile": pseudonym, "scenario": scenario, "rule": rule, "cleared": clear, "changed": changed}
+
+    def approve_scenario(self, args: _Args) -> dict[str, Any]:
+        """A therapist approves a scenario blocked after a halt: the learner may choose it again."""
+        return self._scenario_rule(args, "blocked", clear=True)
+
+    def exclude_scenario(self, args: _Args) -> dict[str, Any]:
+        """A therapist excludes a scenario for a child: never chosen, nor startable, until included."""
+        return self._scenario_rule(args, "excluded", clear=False)
+
+    def include_scenario(self, args: _Args) -> dict[str, Any]:
+        return self._scenario_rule(args, "excluded", clear=True)
 
     def list_sessions(self, args: _Args) -> list[dict[str, Any]]:
         store = self._store()
@@ -396,6 +452,10 @@ COMMANDS: dict[str, _Command] = {
     "list_profiles": _Command(ChairCommands.list_profiles),
     "delete_profile": _Command(ChairCommands.delete_profile, ("profile", "with_sessions", "by")),
     "list_scenarios": _Command(ChairCommands.list_scenarios),
+    "suggest": _Command(ChairCommands.suggest, ("profile",)),
+    "approve_scenario": _Command(ChairCommands.approve_scenario, ("profile", "scenario", "by")),
+    "exclude_scenario": _Command(ChairCommands.exclude_scenario, ("profile", "scenario", "by")),
+    "include_scenario": _Command(ChairCommands.include_scenario, ("profile", "scenario", "by")),
     "list_sessions": _Command(ChairCommands.list_sessions, ("limit", "profile")),
     "report": _Command(ChairCommands.report, ("session",)),
 }

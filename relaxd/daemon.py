@@ -42,6 +42,8 @@ from relaxd.affect import AffectReading
 from relaxd.alerts import AlertManager
 from relaxd.capture import FrameGrabber
 from relaxd.control import ChildProfile, Controller, Event, EventKind, State, load_scenarios
+from relaxd.control.controller import ScenarioSwitcher
+from relaxd.control.outcome import ChosenBy
 from relaxd.errors import CommandTimeoutError
 from relaxd.commands import ChairCommands, finite
 from relaxd.ipc import ControlServer, resolve_socket_path
@@ -281,7 +283,8 @@ class Chair:
     # ------------------------------------------------------------------ sessions
 
     def start_session(self, pseudonym: str, scenario: Optional[str], now: float,
-                      profile: Optional[Profile] = None) -> SessionHandle:
+                      profile: Optional[Profile] = None, *, chosen_by: ChosenBy = ChosenBy.OPERATOR,
+                      why: str = "", switcher: Optional[ScenarioSwitcher] = None) -> SessionHandle:
         """Start a session for a child profile (created with default caps if new); control loop.
 
         ``profile`` is the child's stored profile, read by the caller off the control loop
@@ -292,7 +295,7 @@ class Chair:
         caps = (profile.light_cap, profile.sound_cap, profile.vibration_cap) if profile else (1.0, 1.0, 1.0)
         child = ChildProfile(pseudonym, intensity_cap=max(caps), start_intensity=min(0.3, *caps),
                              preferred_scenario=(profile.preferred_scenario if profile else "") or "")
-        events = self.controller.start(child, scenario, now)
+        events = self.controller.start(child, scenario, now, chosen_by=chosen_by, why=why, switcher=switcher)
         self.bank.set_caps(light=caps[0], sound=caps[1], vibration=caps[2])
         handle = SessionHandle(pseudonym)
         scenario_name, started_at = self.controller.scenario or "", now_iso()
@@ -337,6 +340,10 @@ class Chair:
             self._last_decision = {k: data[k] for k in ("time", "kind", "reason")}
             log.info("controller.event", **{k: v for k, v in data.items() if k != "time"})
             self._submit_event(data)
+            if event.kind is EventKind.SCENARIO_ENDED:
+                self._submit_outcome(data["data"])
+            if event.kind is EventKind.ADVERSE_REACTION and "scenario" in data["data"]:
+                self._submit_block(data["data"]["scenario"], event.reason)
             if event.is_alert:
                 self._alert(data["kind"], data["priority"], event.reason, **data["data"])
             if event.kind in SESSION_ENDS:
@@ -350,6 +357,27 @@ class Chair:
                             to_state=data["state_to"], reason=data["reason"], data=data["data"], time=at)
 
         self.recorder.submit("event", write)
+
+    def _submit_outcome(self, outcome: dict[str, Any]) -> None:
+        """A scenario's outcome for the learner, with the child's session."""
+        session = self._session
+
+        def write(store: SessionStore) -> None:
+            if session is not None and session.id is not None and session.profile_id is not None:
+                store.add_scenario_outcome(session.id, session.profile_id, outcome)
+
+        self.recorder.submit("scenario outcome", write)
+
+    def _submit_block(self, scenario: str, reason: str) -> None:
+        """A halt: the learner does not choose this scenario for this child until a therapist approves it."""
+        session = self._session
+
+        def write(store: SessionStore) -> None:
+            if session is not None and session.profile_id is not None:
+                store.set_scenario_rule(session.profile_id, scenario, "blocked", set_by="relaxd",
+                                        reason=f"halted in session {session.id}: {reason}")
+
+        self.recorder.submit("scenario block", write)
 
     def _submit_row(self, kind: str, write_row: Callable[[SessionStore, int], None]) -> None:
         """Queue a per-second row of the open session."""
@@ -374,7 +402,7 @@ class Chair:
             problem = self._camera_problems.popleft()
             self._alert(AlertKind.CAMERA_LOST, Priority.MEDIUM, f"camera {problem}: stimulation faded to idle")
             if self.controller.state in (State.STARTING, State.RUNNING, State.PAUSED):
-                self._record(self.controller.stop(now, f"camera {problem}"))
+                self._record(self.controller.stop(now, f"camera {problem}", by_operator=False))
         while self._link_problems:  # the bank is already latched off; the controller says why
             self._record(self.controller.fault(now, f"microcontroller link lost: {self._link_problems.popleft()}"))
         while self._vision_problems:  # no more readings will come: stop now, not at the reading timeout

@@ -115,6 +115,26 @@ def show_caps(result: dict[str, Any]) -> str:
     return f"caps {_levels(result['caps'])}; {where}"
 
 
+def show_suggestion(result: dict[str, Any]) -> str:
+    """What `start PROFILE` would play, who chose it and why; the therapist's exclusions and blocks."""
+    who = {"learner": "the learner suggests", "profile": "the profile prefers",
+           "default": "the chair's default is"}.get(result["chosen_by"], result["chosen_by"])
+    lines = [f"{result['profile']}{' (new child)' if result.get('new_child') else ''}: {who} "
+             f"{result['scenario']}: {result['why']}"]
+    if result.get("excluded"):
+        lines.append(f"excluded by a therapist: {', '.join(result['excluded'])}")
+    for scenario, why in (result.get("blocked") or {}).items():
+        lines.append(f"blocked until a therapist approves it (relaxctl approve-scenario): {scenario}: {why}")
+    return "\n".join(lines)
+
+
+def show_rule(result: dict[str, Any]) -> str:
+    action = {("blocked", True): "approved: the learner may choose it again",
+              ("excluded", False): "excluded: never chosen nor started for this child",
+              ("excluded", True): "included again"}[(result["rule"], result["cleared"])]
+    return f"{result['scenario']} for {result['profile']}: {action}" + ("" if result["changed"] else " (no change)")
+
+
 def _operated(result: dict[str, Any], verb: str) -> str:
     return f"state {result['state']}" + ("" if result.get("changed", True) else f" (nothing to {verb})")
 
@@ -122,7 +142,11 @@ def _operated(result: dict[str, Any], verb: str) -> str:
 SHOW: dict[str, Callable[[Any], str]] = {
     "status": show_status,
     "start": lambda r: f"started session {r['session_id']} for {r['profile']}: scenario {r['scenario']} "
-                       f"(state {r['state']})",
+                       f"(state {r['state']}; chosen by {r.get('chosen_by')}{': ' + r['why'] if r.get('why') else ''})",
+    "suggest": show_suggestion,
+    "approve_scenario": show_rule,
+    "exclude_scenario": show_rule,
+    "include_scenario": show_rule,
     "pause": lambda r: _operated(r, "pause"),
     "resume": lambda r: _operated(r, "resume"),
     "stop": lambda r: _operated(r, "stop"),
@@ -131,7 +155,7 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "ack": lambda r: f"acknowledged {r['id']} ({r['kind']}) by {r['acknowledged_by']}",
     "set_caps": show_caps,
     "list_profiles": lambda rows: show_profiles(rows),
-    "list_scenarios": lambda rows: show_table(rows, ("name", "default"), "no scenarios"),
+    "list_scenarios": lambda rows: show_table(rows, ("name", "default", "features"), "no scenarios"),
     "list_sessions": lambda rows: show_table([{**row, "started": local_time(row.get("started_at")),
                                                "ended": local_time(row.get("ended_at")),
                                                "how it ended": (describe_end_reason(row.get("end_reason"))
@@ -186,7 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", "state, session, outputs, affect, alarms and health")
     start = command("start", "start a session for a child profile (created if new)")
     start.add_argument("profile", help="the child's pseudonym (never the real name)")
-    start.add_argument("--scenario", help="default: the profile's preferred one, else control.default_scenario")
+    start.add_argument("--scenario", help="default: the profile's preferred one, else the learner's choice "
+                                          "(relaxctl suggest shows it and why)")
+    command("suggest", "the scenario a start without --scenario would play for a child, and why"
+            ).add_argument("profile", help="the child's pseudonym")
+    for name, help in (("approve-scenario", "a therapist approves a scenario blocked after a halt for a child"),
+                       ("exclude-scenario", "a therapist excludes a scenario for a child (never chosen nor started)"),
+                       ("include-scenario", "undo exclude-scenario")):
+        rule = command(name, help, aliases=[name.replace("-", "_")])
+        rule.add_argument("profile", help="the child's pseudonym")
+        rule.add_argument("scenario", help="the scenario's name (relaxctl list-scenarios)")
+        rule.add_argument("--by", default=_who(), help="who (default: your user name)")
     command("pause", "pause the session (low intensity, programme held)")
     command("resume", "resume a paused or halted session")
     command("stop", "end the session with a fade-out")
@@ -221,7 +255,8 @@ ARGS: dict[str, tuple[str, ...]] = {
     "start": ("profile", "scenario"), "estop": ("by",), "reset": ("by",), "ack": ("id", "by"),
     "set_caps": CHANNELS, "list_sessions": ("limit", "profile"),
     "delete_profile": ("profile", "with_sessions", "by"),
-    "report": ("session",),
+    "report": ("session",), "suggest": ("profile",),
+    **{name: ("profile", "scenario", "by") for name in ("approve_scenario", "exclude_scenario", "include_scenario")},
 }
 
 

@@ -170,6 +170,18 @@ class ControllerSettings:
     resume_hold_s: float = ranged(2.0, 0.0, 60.0, "face back with non-negative affect this long resumes a no-face pause")
     stop_fade_s: float = ranged(5.0, 0.0, 60.0, "operator stop or scenario end: fade to off over this many seconds")
     reading_timeout_s: float = ranged(3.0, 0.5, 60.0, "no affect reading at all this long while stimulating = fault (vision stalled)")
+    learn: bool = field(default=True, metadata={"doc": "when neither the operator nor the profile names a scenario, the "
+                                                "learner chooses one for the child and may switch within the session"})
+    reassess_s: float = ranged(60.0, 10.0, 900.0, "every this many seconds of a learner-chosen scenario, the affect is "
+                               "reassessed: persistent negative switches to another scenario")
+    switch_negative_share: float = ranged(0.5, 0.1, 1.0, "switch when at least this share of the face readings of the "
+                                          "last reassessment interval were negative")
+    crossfade_s: float = ranged(8.0, 1.0, 60.0, "a switch cross-fades light and vibration, and the sound out and in, "
+                                "over this many seconds")
+    calm_hold_s: float = ranged(10.0, 1.0, 120.0, "time to calm: the first run of non-negative face readings this long")
+    sensitivity_max_confidence: float = ranged(0.6, 0.0, 0.8, "a child whose calm face reads negative much of the time "
+                                               "(at calibration) lowers only on negative readings at least this "
+                                               "confident or lasting lower_interval_s; halts are unchanged (0: off)")
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,37 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE sessions_v2 RENAME TO sessions",
         "CREATE INDEX sessions_by_profile ON sessions(profile_id)",
     ),
+    # What the learner learns from (issue 15): each scenario's stretch of a session with its
+    # outcome, and a therapist's per-child rules. Both go with the child on erasure (cascade).
+    3: (
+        """CREATE TABLE scenario_outcomes (
+            id INTEGER PRIMARY KEY,
+            session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            scenario TEXT NOT NULL,
+            chosen_by TEXT NOT NULL,
+            seconds REAL NOT NULL CHECK (seconds >= 0),
+            time_to_calm_s REAL CHECK (time_to_calm_s IS NULL OR time_to_calm_s >= 0),
+            negative_share REAL NOT NULL CHECK (negative_share BETWEEN 0.0 AND 1.0),
+            halted INTEGER NOT NULL CHECK (halted IN (0, 1)),
+            ended_early INTEGER NOT NULL CHECK (ended_early IN (0, 1)),
+            reward REAL NOT NULL CHECK (reward BETWEEN 0.0 AND 1.0),
+            recorded_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX scenario_outcomes_by_profile ON scenario_outcomes(profile_id, id)",
+        """CREATE TABLE scenario_rules (
+            profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            scenario TEXT NOT NULL,
+            rule TEXT NOT NULL CHECK (rule IN ('excluded', 'blocked')),
+            reason TEXT NOT NULL DEFAULT '',
+            set_by TEXT NOT NULL DEFAULT '',
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (profile_id, scenario)
+        )""",
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
+SCENARIO_RULES = ("excluded", "blocked")
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,6 +261,36 @@ class AffectSecond:
     confidence: float  # mean confidence of the readings that showed the dominant label
     face_share: float
     readings: int
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """One scenario's stretch of a session (``relaxd.control.outcome.ScenarioOutcome``) as stored."""
+
+    id: int
+    session_id: int
+    profile_id: int
+    scenario: str
+    chosen_by: str
+    seconds: float
+    time_to_calm_s: Optional[float]
+    negative_share: float
+    halted: bool
+    ended_early: bool
+    reward: float
+    recorded_at: str
+
+
+@dataclass(frozen=True)
+class ScenarioRule:
+    """A scenario a therapist excluded for a child, or one blocked after a halt until approved."""
+
+    profile_id: int
+    scenario: str
+    rule: str  # "excluded" | "blocked"
+    reason: str
+    set_by: str
+    set_at: str
 
 
 @dataclass(frozen=True)
@@ -685,6 +744,68 @@ class SessionStore:
                              (profile_id, limit))
         return [SessionRecord(**dict(r)) for r in rows]
 
+    # -- what the learner learns from -----------------------------------------------------
+
+    def add_scenario_outcome(self, session_id: int, profile_id: int, outcome: dict[str, Any]) -> int:
+        """Record a ``ScenarioOutcome.to_dict()`` of a session's scenario; returns its id."""
+        ttc = outcome.get("time_to_calm_s")
+        values = (session_id, profile_id, str(outcome["scenario"]), str(outcome["chosen_by"]),
+                  float(outcome["seconds"]), None if ttc is None else float(ttc),
+                  _check_unit("negative_share", outcome["negative_share"]), int(bool(outcome["halted"])),
+                  int(bool(outcome["ended_early"])), _check_unit("reward", outcome["reward"]), now_iso())
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO scenario_outcomes (session_id, profile_id, scenario, chosen_by, seconds, "
+                "time_to_calm_s, negative_share, halted, ended_early, reward, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        return int(cur.lastrowid)
+
+    def scenario_outcomes(self, *, profile_id: Optional[int] = None, session_id: Optional[int] = None,
+                          limit: int = 10_000) -> list[OutcomeRecord]:
+        """Oldest first: every child's (the population), one child's, or one session's."""
+        where, params = [], []
+        for column, value in (("profile_id", profile_id), ("session_id", session_id)):
+            if value is not None:
+                where.append(f"{column} = ?")  # column names are ours, not input
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._all(f"SELECT * FROM (SELECT * FROM scenario_outcomes {clause} ORDER BY id DESC LIMIT ?) "
+                         "ORDER BY id", (*params, limit))
+        return [OutcomeRecord(**{**dict(r), "halted": bool(r["halted"]), "ended_early": bool(r["ended_early"])})
+                for r in rows]
+
+    def set_scenario_rule(self, profile_id: int, scenario: str, rule: str, *, reason: str = "",
+                          set_by: str = "") -> ScenarioRule:
+        """Exclude a scenario for a child, or block it after a halt (an exclusion is never
+        weakened to a block)."""
+        if rule not in SCENARIO_RULES:
+            raise InvalidRecordError(f"a scenario rule is one of {SCENARIO_RULES}, got {rule!r}")
+        if not scenario:
+            raise InvalidRecordError("a scenario rule needs the scenario's name")
+        self.get_profile(profile_id)
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO scenario_rules (profile_id, scenario, rule, reason, set_by, set_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile_id, scenario) DO UPDATE SET "
+                "rule = excluded.rule, reason = excluded.reason, set_by = excluded.set_by, set_at = excluded.set_at "
+                "WHERE NOT (scenario_rules.rule = 'excluded' AND excluded.rule = 'blocked')",
+                (profile_id, scenario, rule, reason, set_by, now_iso()))
+        return next(r for r in self.scenario_rules(profile_id) if r.scenario == scenario)
+
+    def clear_scenario_rule(self, profile_id: int, scenario: str, rule: str) -> bool:
+        """A therapist approves a blocked scenario, or includes an excluded one again; False if
+        there was no such rule."""
+        if rule not in SCENARIO_RULES:
+            raise InvalidRecordError(f"a scenario rule is one of {SCENARIO_RULES}, got {rule!r}")
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM scenario_rules WHERE profile_id = ? AND scenario = ? AND rule = ?",
+                               (profile_id, scenario, rule))
+        return cur.rowcount == 1
+
+    def scenario_rules(self, profile_id: int) -> list[ScenarioRule]:
+        rows = self._all("SELECT * FROM scenario_rules WHERE profile_id = ? ORDER BY scenario", (profile_id,))
+        return [ScenarioRule(**dict(r)) for r in rows]
+
     # -- per-second rows and events -------------------------------------------------------
 
     def add_affect_second(self, session_id: int, row: AffectSecond) -> None:
@@ -878,6 +999,7 @@ class SessionStore:
             "affect": [asdict(a) for a in self.affect_seconds(session_id)],
             "stimulus": self.stimulus_seconds(session_id),
             "events": self.events(session_id),
+            "scenarios": [asdict(o) for o in self.scenario_outcomes(session_id=session_id)],
             "alerts": self.list_alerts(session_id=session_id),
         }
 

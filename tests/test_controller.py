@@ -539,8 +539,9 @@ def test_a_non_looping_scenario_finishing_fades_out_to_idle():
 
 def test_operator_stop_fades_out_to_idle():
     chair = running_chair()
-    (stopped,) = chair.command("stop")
+    ended, stopped = chair.command("stop")
     assert (stopped.kind, stopped.state_to) == (EventKind.STOPPED, State.IDLE)
+    assert ended.kind == EventKind.SCENARIO_ENDED and ended.data["scenario"] == "calm-sea"  # its outcome first
     assert chair.tick().intensity == pytest.approx(0.3)
     chair.wait(2.4)
     assert chair.tick().intensity == pytest.approx(0.3 * (1 - 2.4 / SETTINGS.stop_fade_s))

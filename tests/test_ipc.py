@@ -265,8 +265,10 @@ def test_set_caps_applies_and_is_saved_to_the_running_profile(chair_at_idle):
 
 def test_lists_of_profiles_scenarios_and_sessions(chair_at_idle):
     chair, path = chair_at_idle
-    scenarios = call(path, "list_scenarios")
-    assert {"name": "calm-sea", "default": True} in scenarios
+    scenarios = {row["name"]: row for row in call(path, "list_scenarios")}
+    assert scenarios["calm-sea"]["default"] is True and not scenarios["quiet-glow"]["default"]
+    assert scenarios["quiet-glow"]["features"] == "warm light, no sound, no vibration, very slow"
+    assert scenarios["calm-sea"]["description"].startswith("Blue and teal")
     assert [s["name"] for s in scenarios] == chair.controller.scenario_names
     call(path, "start", profile="kid-list")
     call(path, "stop")
@@ -601,7 +603,8 @@ def test_relaxctl_prints_readable_and_json_results_with_exit_codes(chair_at_idle
     assert out.startswith("state     idle") and "health    camera" in out and "e-stop    not latched" in out
 
     assert relaxctl([*sock, "--json", "list-scenarios"]) == 0
-    assert {"name": "calm-sea", "default": True} in json.loads(printed(capsys)[0])
+    assert {"calm-sea": True, "sunset": False} == {row["name"]: row["default"] for row in json.loads(printed(capsys)[0])
+                                                   if row["name"] in ("calm-sea", "sunset")}
 
     assert relaxctl([*sock, "start", "kid-ctl", "--scenario", "calm-sea"]) == 0
     assert printed(capsys)[0].startswith("started session")

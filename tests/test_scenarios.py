@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from relaxd.control import StimulusTargets, load_scenarios, scenarios_from_yaml
+from relaxd.control.scenarios import ScenarioFeatures, Tempo, Warmth
 from relaxd.errors import ConfigError
 
 # Two short phases, easy to reason about: 10 s blue steady light, then 20 s of a two-colour
@@ -47,8 +48,37 @@ def test_default_scenarios_load_and_give_non_zero_targets():
             # A quarter into the phase: every wave or pulse pattern is away from its zero.
             targets = scenario.targets_at(start + 2.5, 1.0)
             assert targets.light_brightness > 0 and max(targets.light_rgb) > 0, (scenario.name, phase.name)
-            assert targets.sound.volume > 0, (scenario.name, phase.name)
+            assert (targets.sound.volume > 0) == scenario.features.sound, (scenario.name, phase.name)
             assert targets.sound.kind != "file"  # works without music files
+
+
+def test_the_shipped_scenarios_differ_in_what_children_differ_in():
+    scenarios = load_scenarios(None)
+    features = {name: scenario.features for name, scenario in scenarios.items()}
+    assert len(scenarios) >= 8
+    assert {f.vibration for f in features.values()} == {True, False}
+    assert {f.sound for f in features.values()} == {True, False}
+    assert {f.warmth for f in features.values()} == set(Warmth)
+    assert {f.tempo for f in features.values()} == set(Tempo)
+    # For a child who can bear neither: light only.
+    assert any(not f.vibration and not f.sound for f in features.values())
+    assert features["quiet-glow"].describe() == "warm light, no sound, no vibration, very slow"
+    assert features["calm-sea"].vector() == (1.0, 1.0, 0.0, 1.0)
+
+
+def test_features_are_derived_from_the_phases():
+    (scenario,) = scenarios_from_yaml("""
+scenarios:
+  mine:
+    phases:
+      - name: a
+        duration_s: 10
+        light: {colour: "#2040FF", brightness: 0.3}
+        sound: {generate: silence}
+        vibration: {pattern: steady, level: 0.0}
+""").values()
+    assert scenario.features == ScenarioFeatures(vibration=False, sound=False, warmth=Warmth.COOL,
+                                                 tempo=Tempo.VERY_SLOW)  # nothing cycles; level 0 is no vibration
 
 
 def test_default_scenarios_use_conservative_levels_for_children():
@@ -65,12 +95,21 @@ def test_forest_breath_pulses_at_a_breathing_rate():
     assert breathe.vibration.pattern == "pulse" and breathe.vibration.period_s == breathe.sound.period_s
 
 
-def test_load_scenarios_reads_a_file(tmp_path):
+def test_load_scenarios_adds_a_therapists_file_to_the_shipped_ones(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(TWO_PHASES.format(loop="true"), encoding="utf-8")
-    scenario = load_scenarios(path)["test"]
+    scenarios = load_scenarios(path)
+    scenario = scenarios["test"]
     assert scenario.loop and [p.name for p in scenario.phases] == ["one", "two"]
     assert scenario.duration_s == 30
+    assert set(load_scenarios(None)) < set(scenarios)
+
+
+def test_a_therapists_scenario_cannot_redefine_a_shipped_one(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(TWO_PHASES.format(loop="true").replace("  test:", "  calm-sea:"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"mine.yaml: 'calm-sea' is already shipped.*another name"):
+        load_scenarios(path)
 
 
 # --------------------------------------------------------------------------- targets_at

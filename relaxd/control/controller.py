@@ -34,6 +34,21 @@ negative lowers or halts it and alerts the caregiver.
   (e.g. no reading for ``reading_timeout_s``: the vision loop stalled) zeroes at once too.
 * The scenario clock runs only while starting or running, so a pause holds the programme.
   A non-looping scenario's end, or an operator stop, fades out over ``stop_fade_s`` to idle.
+* Scenario switches (issue 15): a scenario the learner chose is reassessed every
+  ``reassess_s`` of its programme after calibration; when at least ``switch_negative_share`` of the face
+  readings of that interval were negative, the learner's ``switcher`` names another one and
+  the chair cross-fades to it over ``crossfade_s``. A scenario chosen by the operator or the
+  child's profile is never switched. A switch changes only the programme: the intensity, the
+  child's cap, the halt and the e-stop work on exactly as before.
+* Each scenario's stretch of the session ends with a ``scenario_ended`` event carrying its
+  ``ScenarioOutcome`` (time to calm, negative share, halt, early end): what the learner
+  learns from. An e-stop or a fault records no outcome: it says nothing about the scenario.
+* Per-child sensitivity: a child whose face readings were negative at least
+  ``SENSITIVE_RESTING_NEGATIVE`` of the time while calibrating (a calm face that reads as negative) lowers only on negative
+  readings at least ``min(sensitivity_max_confidence, resting + SENSITIVITY_MARGIN)``
+  confident, or on a negative episode that has lasted ``lower_interval_s``. The halt rules
+  (``halt_confidence``, ``halt_after_s``) are not touched, so a confident or sustained
+  negative halts exactly when it would for any child.
 
 Every change is an ``Event`` with its reason; alerts carry a priority. Caps and ramp rates
 are enforced again by the actuator bank; the controller's own changes are whole steps.
@@ -45,9 +60,10 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from relaxd.control.scenarios import Scenario, StimulusTargets
+from relaxd.control.outcome import ChosenBy, SegmentTracker
+from relaxd.control.scenarios import RGB, Scenario, SoundTarget, StimulusTargets
 from relaxd.errors import ConfigError, RelaxdError
 from relaxd.settings import ControllerSettings
 from relaxd.vocabulary import GROUPS, Priority
@@ -56,6 +72,11 @@ if TYPE_CHECKING:
     from relaxd.affect import AffectReading
 
 _OPERATOR, _NO_FACE = "operator", "no face"
+SENSITIVE_RESTING_NEGATIVE = 0.25  # resting negative share from which a child's lowering is adjusted
+SENSITIVITY_MARGIN = 0.1  # the adjusted lowering confidence: resting share + this, at most the setting
+
+#: ``switcher(current, tried)``: another scenario and why, or None to stay (the learner's choice).
+ScenarioSwitcher = Callable[[str, frozenset], Optional[tuple[str, str]]]
 
 
 class ControlError(RelaxdError):
@@ -101,6 +122,8 @@ class EventKind(str, Enum):
     ESTOP_RESET = "estop_reset"
     FAULT = "fault"
     FAULT_CLEARED = "fault_cleared"
+    SCENARIO_SWITCHED = "scenario_switched"
+    SCENARIO_ENDED = "scenario_ended"
 
     def __str__(self) -> str:
         return self.value
@@ -211,14 +234,48 @@ class _Fade:
         return now - self.started >= self.duration_s
 
 
+@dataclass(frozen=True)
+class _Crossfade:
+    """From the scenario before a switch (still playing on) to the new one, over ``duration_s``."""
+
+    old: Scenario
+    old_time_s: float  # the old scenario's programme time at the switch
+    started: float
+    duration_s: float
+
+    def done(self, now: float) -> bool:
+        return now - self.started >= self.duration_s
+
+    def blend(self, new: StimulusTargets, now: float) -> StimulusTargets:
+        """Light and vibration move linearly; the old sound fades out, then the new one fades in."""
+        mix = min(1.0, max(0.0, (now - self.started) / self.duration_s))
+        old = self.old.targets_at(self.old_time_s + (now - self.started), 1.0)
+
+        def between(a: float, b: float) -> float:
+            return a + (b - a) * mix
+
+        rgb: RGB = tuple(between(a, b) for a, b in zip(old.light_rgb, new.light_rgb))  # type: ignore[assignment]
+        sound: SoundTarget = old.sound.scaled(1.0 - 2.0 * mix) if mix < 0.5 else new.sound.scaled(2.0 * mix - 1.0)
+        return StimulusTargets(rgb, between(old.light_brightness, new.light_brightness), sound,
+                               between(old.vibration, new.vibration))
+
+
 @dataclass
 class _Session:
     profile: ChildProfile
     scenario: Scenario
     clock: _ScenarioClock
+    chosen_by: ChosenBy
+    tracker: Optional[SegmentTracker]  # None once the session's outcome is recorded
+    switcher: Optional[ScenarioSwitcher] = None
+    tried: set[str] = field(default_factory=set)
+    crossfade: Optional[_Crossfade] = None
+    reassessed_at_s: float = 0.0  # programme time of the last reassessment
+    lower_confidence: float = 0.0  # per-child sensitivity: 0 = every negative reading lowers
     calibrated: bool = False
     baseline_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0.0))
     baseline_readings: int = 0
+    baseline_negative: int = 0  # face readings decided negative while calibrating
 
     def baseline(self) -> dict[str, float]:
         """Mean group shares of the face readings seen while calibrating."""
@@ -285,22 +342,46 @@ class Controller:
     def scenario_names(self) -> list[str]:
         return sorted(self._scenarios)
 
+    @property
+    def scenarios(self) -> Mapping[str, Scenario]:
+        return MappingProxyType(self._scenarios)
+
     # ----------------------------------------------------------------- operator commands
 
-    def start(self, profile: ChildProfile, scenario_name: Optional[str], now: float) -> list[Event]:
-        """Begin a session; ``scenario_name`` None = the profile's preferred, else the default."""
+    @property
+    def chosen_by(self) -> Optional[ChosenBy]:
+        return self._session.chosen_by if self._session else None
+
+    def start(self, profile: ChildProfile, scenario_name: Optional[str], now: float, *,
+              chosen_by: ChosenBy = ChosenBy.OPERATOR, why: str = "",
+              switcher: Optional[ScenarioSwitcher] = None) -> list[Event]:
+        """Begin a session; ``scenario_name`` None = the profile's preferred, else the default.
+
+        ``chosen_by`` says who named ``scenario_name`` (the operator unless told otherwise);
+        only a scenario the learner chose is ever switched, by ``switcher``.
+        """
         self._advance(now)
         self._require((State.IDLE,), "start a session")
-        name = scenario_name or profile.preferred_scenario or self._settings.default_scenario
-        if name not in self._scenarios:
-            raise CommandRejected(f"no scenario named {name!r}; choose one of {self.scenario_names}")
-        self._session = _Session(profile, self._scenarios[name], _ScenarioClock(now))
+        if not scenario_name:
+            scenario_name = profile.preferred_scenario or self._settings.default_scenario
+            chosen_by = ChosenBy.PROFILE if profile.preferred_scenario else ChosenBy.DEFAULT
+        if scenario_name not in self._scenarios:
+            raise CommandRejected(f"no scenario named {scenario_name!r}; choose one of {self.scenario_names}")
+        name = scenario_name
+        self._session = _Session(profile, self._scenarios[name], _ScenarioClock(now), chosen_by,
+                                 SegmentTracker(name, chosen_by, now, self._settings.calm_hold_s),
+                                 switcher if chosen_by is ChosenBy.LEARNER else None, {name})
         self._track = _AffectTrack()
         self._fade = None
         self._level = profile.start_intensity
         self._last_reading_at = now
-        data = {"scenario": name, "pseudonym": profile.pseudonym, "intensity": self._level}
-        self._enter(State.STARTING, now, EventKind.STARTED, f"operator started '{name}'", data=data)
+        data = {"scenario": name, "pseudonym": profile.pseudonym, "intensity": self._level,
+                "chosen_by": chosen_by.value, "why": why}
+        reason = {ChosenBy.OPERATOR: f"operator started '{name}'",
+                  ChosenBy.LEARNER: f"started '{name}', chosen by the learner: {why}",
+                  ChosenBy.PROFILE: f"started '{name}', the child's preferred scenario",
+                  ChosenBy.DEFAULT: f"started '{name}', the chair's default scenario"}[chosen_by]
+        self._enter(State.STARTING, now, EventKind.STARTED, reason, data=data)
         return self._take_events()
 
     # pause, resume and stop do nothing (no event) when there is nothing to do: no session,
@@ -329,13 +410,14 @@ class Controller:
             self._resume(now, "operator resumed")
         return self._take_events()
 
-    def stop(self, now: float, reason: str = "operator stopped") -> list[Event]:
-        """End the session with a fade-out; a no-op when idle."""
+    def stop(self, now: float, reason: str = "operator stopped", *, by_operator: bool = True) -> list[Event]:
+        """End the session with a fade-out; a no-op when idle. ``by_operator`` False: the chair
+        stopped it (camera lost), which says nothing about how the scenario suited the child."""
         self._advance(now)
         if self._state == State.IDLE:
             return []
         self._require((*STIMULATING, State.HALTED), "stop")
-        self._end_session(now, EventKind.STOPPED, reason)
+        self._end_session(now, EventKind.STOPPED, reason, by_operator=by_operator)
         return self._take_events()
 
     def estop(self, now: float, source: str) -> list[Event]:
@@ -386,7 +468,11 @@ class Controller:
         self._last_reading_at = now
         if self._state in STIMULATING:
             self._note_baseline(reading)
+            session = self._session
+            if session is not None and session.tracker is not None:
+                session.tracker.add(now, reading.group if reading.face_present and reading.group in GROUPS else None)
             self._apply_rules(reading, now)
+            self._reassess(now)
         self._check_timers(now)
         return self._take_events()
 
@@ -406,7 +492,14 @@ class Controller:
             return Output(now, self._state, 0.0, StimulusTargets.off(), None, None, 0.0, events)
         level = self._applied_level(now)
         _, phase, _ = scenario.phase_at(t_s)
-        return Output(now, self._state, level, scenario.targets_at(t_s, level), scenario.name, phase.name, t_s, events)
+        targets = scenario.targets_at(t_s, level)
+        crossfade = self._session.crossfade if self._state in STIMULATING and self._session else None
+        if crossfade is not None:
+            if crossfade.done(now):
+                self._session.crossfade = None  # type: ignore[union-attr]
+            else:
+                targets = crossfade.blend(scenario.targets_at(t_s, 1.0), now).scaled(level)
+        return Output(now, self._state, level, targets, scenario.name, phase.name, t_s, events)
 
     def _applied_level(self, now: float) -> float:
         """The intensity the actuators get: the working level, the pause level, or a fade."""
@@ -452,7 +545,7 @@ class Controller:
                             f">= halt_confidence {settings.halt_confidence:.2f})", data)
         elif episode_s >= settings.halt_after_s:
             self._halt(now, f"negative for {episode_s:.1f} s (>= halt_after_s {settings.halt_after_s:g} s)", data)
-        elif self._may_lower(now):
+        elif self._may_lower(now) and self._lowers_for_this_child(reading.confidence, episode_s):
             self._step(now, -settings.step, EventKind.INTENSITY_LOWERED,
                        f"negative reading ({reading.label}, confidence {reading.confidence:.2f})", data)
             track.last_lower = now
@@ -477,6 +570,41 @@ class Controller:
     def _may_lower(self, now: float) -> bool:
         last = self._track.last_lower
         return self._level > 0.0 and (last is None or now - last >= self._settings.lower_interval_s)
+
+    def _lowers_for_this_child(self, confidence: float, episode_s: float) -> bool:
+        """Per-child sensitivity: a low-confidence flicker of a negative-looking calm face does not
+        lower; a confident one, or an episode lasting lower_interval_s, does (see the docstring)."""
+        assert self._session is not None
+        return confidence >= self._session.lower_confidence or episode_s >= self._settings.lower_interval_s
+
+    def _reassess(self, now: float) -> None:
+        """Every reassess_s of a learner-chosen scenario: switch it if negative persisted."""
+        session, settings = self._session, self._settings
+        if self._state != State.RUNNING or session is None or session.tracker is None:
+            return
+        played = session.clock.time(now)
+        if played - session.reassessed_at_s < settings.reassess_s:
+            return
+        session.reassessed_at_s = played
+        share, faces = session.tracker.take_window()
+        if session.switcher is None or faces == 0 or share < settings.switch_negative_share:
+            return
+        choice = session.switcher(session.scenario.name, frozenset(session.tried))
+        if choice is None or choice[0] not in self._scenarios or choice[0] == session.scenario.name:
+            return
+        name, why = choice
+        old = session.scenario
+        self._emit(now, EventKind.SCENARIO_ENDED, f"'{old.name}' switched off",
+                   data=session.tracker.finish(played).to_dict())
+        session.crossfade = _Crossfade(old, played, now, settings.crossfade_s)
+        session.scenario, session.clock = self._scenarios[name], _ScenarioClock(now)
+        session.tracker = SegmentTracker(name, ChosenBy.LEARNER, now, settings.calm_hold_s)
+        session.tried.add(name)
+        session.reassessed_at_s = 0.0
+        self._emit(now, EventKind.SCENARIO_SWITCHED,
+                   f"negative in {share:.0%} of the last {settings.reassess_s:g} s of '{old.name}': "
+                   f"cross-fading to '{name}' ({why})",
+                   data={"from": old.name, "to": name, "why": why, "negative_share": round(share, 4)})
 
     def _may_raise(self, now: float) -> bool:
         track, settings = self._track, self._settings
@@ -513,6 +641,7 @@ class Controller:
         for group in GROUPS:
             session.baseline_sums[group] += float(reading.group_scores.get(group, 0.0))
         session.baseline_readings += 1
+        session.baseline_negative += reading.group == "negative"
 
     # ----------------------------------------------------------------- time-driven rules
 
@@ -533,9 +662,21 @@ class Controller:
             return
         if session.clock.time(now) >= self._settings.calibration_s:
             session.calibrated = True
-            data = {"baseline": session.baseline(), "face_readings": session.baseline_readings}
-            self._enter(State.RUNNING, now, EventKind.CALIBRATED,
-                        f"calibrated for {self._settings.calibration_s:g} s", data=data)
+            baseline = session.baseline()
+            resting = session.baseline_negative / session.baseline_readings if session.baseline_readings else None
+            reason = f"calibrated for {self._settings.calibration_s:g} s"
+            limit = self._settings.sensitivity_max_confidence
+            if resting is not None and limit > 0.0 and resting >= SENSITIVE_RESTING_NEGATIVE:
+                session.lower_confidence = round(min(limit, resting + SENSITIVITY_MARGIN), 6)
+                reason += (f"; the resting face read negative {resting:.0%} of the time, so only negative "
+                           f"readings at least {session.lower_confidence:.2f} confident or lasting "
+                           f"{self._settings.lower_interval_s:g} s lower the intensity (halts unchanged)")
+            data = {"baseline": baseline, "face_readings": session.baseline_readings,
+                    "resting_negative": resting, "lower_confidence": session.lower_confidence}
+            self._enter(State.RUNNING, now, EventKind.CALIBRATED, reason, data=data)
+            session.reassessed_at_s = session.clock.time(now)  # reassessment intervals count from here
+            if session.tracker is not None:
+                session.tracker.take_window()
 
     def _check_no_face(self, now: float) -> None:
         since = self._track.no_face_since
@@ -582,6 +723,7 @@ class Controller:
             )
         self._level = min(self._session.profile.start_intensity, self._level_at_halt)
         self._fade = None
+        self._session.reassessed_at_s = self._session.clock.time(now)
         self._track = _AffectTrack()
         self._last_reading_at = now
         self._resume(now, f"operator resumed {halted_s:.0f} s after the halt")
@@ -594,11 +736,25 @@ class Controller:
                            session.scenario, session.clock.time(now))
         self._halted_at = now
         self._level_at_halt = self._level
+        data = {**data, "scenario": session.scenario.name}  # blocked for this child until a therapist approves
         self._enter(State.HALTED, now, EventKind.ADVERSE_REACTION, reason, Priority.HIGH, data)
+        if session.tracker is not None:
+            session.tracker.halted = True  # the scenario's outcome, whatever follows a resume
 
-    def _end_session(self, now: float, kind: EventKind, reason: str) -> None:
+    def _record_outcome(self, now: float, *, by_operator: bool = False) -> None:
+        """End the scenario's stretch of the session with its outcome (once)."""
+        session = self._session
+        if session is None or session.tracker is None:
+            return
+        outcome = session.tracker.finish(session.clock.time(now), stopped_by_operator=by_operator)
+        session.tracker = None
+        how = "halted" if outcome.halted else ("stopped early" if outcome.ended_early else "ended")
+        self._emit(now, EventKind.SCENARIO_ENDED, f"'{outcome.scenario}' {how}", data=outcome.to_dict())
+
+    def _end_session(self, now: float, kind: EventKind, reason: str, *, by_operator: bool = False) -> None:
         """To idle with a fade-out (a halt's fade, already under way, continues)."""
         session = self._session
+        self._record_outcome(now, by_operator=by_operator)
         if self._fade is None and session is not None:
             self._fade = _Fade(now, self._applied_level(now), self._settings.stop_fade_s,
                                session.scenario, session.clock.time(now))

@@ -28,6 +28,13 @@ Decisions made here:
 * The RGB colour is not scaled by intensity; brightness, volume and vibration are.
 * Generated sounds (``tones``, ``pink_noise``, ``pulses``, ``silence``) are synthesised by the
   audio actuator; this module only names them. ``pulses`` carries its breathing period.
+* Every scenario is described by its ``features`` (vibration or none, sound or none, warm or
+  cool light, slow or very slow tempo), derived from its phases rather than written by hand,
+  so a therapist's own scenario is described the same way; the learner
+  (``relaxd.control.learner``) generalises over them (a child who dislikes vibration
+  dislikes it in every scenario).
+* A therapist's scenario file (``control.scenarios_file``) adds to the shipped scenarios; a
+  name that is already shipped is an error, so "calm-sea" means one programme on every chair.
 * Errors name the file, the line, the scenario, the phase and the key, e.g.
   ``scenarios.yaml, line 14: scenario 'calm-sea', phase 2 'open-sea', light.brightness: ...``.
 """
@@ -39,6 +46,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -177,6 +185,10 @@ class Scenario:
     description: str = ""
 
     @property
+    def features(self) -> ScenarioFeatures:
+        return ScenarioFeatures.of(self.phases)
+
+    @property
     def duration_s(self) -> float:
         """Length of one pass through all phases."""
         return sum(phase.duration_s for phase in self.phases)
@@ -211,14 +223,87 @@ class Scenario:
         return phase.targets_at(t_in_phase).scaled(intensity)
 
 
+# --------------------------------------------------------------------------- features
+
+
+class Warmth(str, Enum):
+    WARM = "warm"
+    COOL = "cool"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Tempo(str, Enum):
+    SLOW = "slow"
+    VERY_SLOW = "very slow"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+VERY_SLOW_PERIOD_S = 20.0  # mean cycle of the light, vibration and sound pulses at or above this: very slow
+
+
+@dataclass(frozen=True)
+class ScenarioFeatures:
+    """What a scenario offers, in the terms children differ in; derived from its phases."""
+
+    vibration: bool  # some phase vibrates
+    sound: bool  # some phase is audible
+    warmth: Warmth  # warm (red above blue, on average over the colours) or cool light
+    tempo: Tempo  # slow or very slow cycles (light cross-fades, vibration waves, sound pulses)
+
+    @classmethod
+    def of(cls, phases: tuple["Phase", ...]) -> "ScenarioFeatures":
+        colours = [colour for phase in phases for colour in phase.light.colours]
+        red = sum(c[0] for c in colours) / len(colours)
+        blue = sum(c[2] for c in colours) / len(colours)
+        periods = [p for phase in phases
+                   for p in (phase.light.period_s, phase.vibration.period_s, phase.sound.period_s) if p > 0]
+        mean_period = sum(periods) / len(periods) if periods else math.inf  # nothing cycles: very slow
+        return cls(
+            vibration=any(phase.vibration.pattern != "off" and phase.vibration.level > 0 for phase in phases),
+            sound=any(phase.sound.kind != "silence" and phase.sound.volume > 0 for phase in phases),
+            warmth=Warmth.WARM if red > blue else Warmth.COOL,
+            tempo=Tempo.VERY_SLOW if mean_period >= VERY_SLOW_PERIOD_S else Tempo.SLOW,
+        )
+
+    def vector(self) -> tuple[float, float, float, float]:
+        """(vibration, sound, warm, very slow) as 0/1, for the learner."""
+        return (float(self.vibration), float(self.sound), float(self.warmth is Warmth.WARM),
+                float(self.tempo is Tempo.VERY_SLOW))
+
+    def describe(self) -> str:
+        """E.g. "warm light, sound, no vibration, very slow"."""
+        return (f"{self.warmth} light, {'sound' if self.sound else 'no sound'}, "
+                f"{'vibration' if self.vibration else 'no vibration'}, {self.tempo}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vibration": self.vibration, "sound": self.sound, "light": self.warmth.value,
+                "tempo": self.tempo.value}
+
+
 # --------------------------------------------------------------------------- loading
 
 
 def load_scenarios(path: Union[str, os.PathLike, None] = None) -> dict[str, Scenario]:
-    """Read and validate a scenario file; ``None`` = the shipped default set."""
+    """The shipped scenarios, plus those of a therapist's file when ``path`` is given."""
+    text = resources.files("relaxd.control").joinpath("default_scenarios.yaml").read_text(encoding="utf-8")
+    shipped = scenarios_from_yaml(text, source="default_scenarios.yaml")
     if path is None:
-        text = resources.files("relaxd.control").joinpath("default_scenarios.yaml").read_text(encoding="utf-8")
-        return scenarios_from_yaml(text, source="default_scenarios.yaml")
+        return shipped
+    own = read_scenario_file(path)
+    clash = sorted(set(own) & set(shipped))
+    if clash:
+        raise ConfigError(f"scenario file {path}: {', '.join(repr(n) for n in clash)} "
+                          f"{'is' if len(clash) == 1 else 'are'} already shipped with relaxd; give your own "
+                          "scenario another name (shipped ones cannot be redefined)")
+    return {**shipped, **own}
+
+
+def read_scenario_file(path: Union[str, os.PathLike]) -> dict[str, Scenario]:
+    """Read and validate one scenario file (only its own scenarios)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
