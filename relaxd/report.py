@@ -64,6 +64,7 @@ EVENT_LABELS = {
     "fault": "FAULT",
     "fault_cleared": "fault cleared",
 }
+QUIET_EVENTS = frozenset({"scenario_ended"})  # in the table, not on the picture
 SAFETY_EVENTS = frozenset({"child_left", "adverse_reaction", "estop", "fault"})
 INTENSITY_EVENTS = {"intensity_raised": ("^", "#38761d"), "intensity_lowered": ("v", "#b45f06")}
 
@@ -181,7 +182,7 @@ def _duration(seconds: float) -> str:
 
 
 def report_title(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """Two lines: who and what, then when, how long and why it ended."""
+    """Three lines: who and what; when, how long and why it ended; who chose each scenario and why."""
     session = data["session"]
     who = data["profile"]["pseudonym"] if data["profile"] else "anonymous"
     if session["ended_at"]:
@@ -193,7 +194,22 @@ def report_title(data: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
         when = f"from {local_time(session['started_at'])} ({_duration(len(rows))} recorded)"
         reason = "session not closed"
     return (f"Session {session['id']} · {who} · scenario {session['scenario']}\n"
-            f"{when} · end: {reason}")
+            f"{when} · end: {reason}\n{scenario_story(data)}")
+
+
+def scenario_story(data: dict[str, Any]) -> str:
+    """Who chose each scenario and why, e.g. "calm-sea (learner: ...), at 02:10 to quiet-glow (negative 60%)"."""
+    start = datetime.fromisoformat(data["session"]["started_at"])
+    parts = []
+    for event in data["events"]:
+        detail = event.get("data") or {}
+        if event["kind"] == "started" and detail.get("scenario"):
+            why = f": {detail['why']}" if detail.get("why") else ""
+            parts.append(f"{detail['scenario']} ({detail.get('chosen_by', 'operator')}{why})")
+        elif event["kind"] == "scenario_switched":
+            parts.append(f"at {_mmss(_second_of(event['time'], start))} to {detail.get('to')} "
+                         f"(negative {100 * float(detail.get('negative_share', 0)):.0f}%: {detail.get('why', '')})")
+    return "scenarios: " + ", ".join(parts) if parts else "scenarios: as started"
 
 
 def affect_summary(rows: Sequence[dict[str, Any]]) -> str:
@@ -214,10 +230,12 @@ def event_marks(data: dict[str, Any]) -> list[Mark]:
     start = datetime.fromisoformat(data["session"]["started_at"])
     marks: dict[tuple[int, str], list[str]] = {}
     for event in data["events"]:
-        if event["kind"] in INTENSITY_EVENTS:
+        if event["kind"] in INTENSITY_EVENTS or event["kind"] in QUIET_EVENTS:
             continue
         colour = SAFETY_COLOUR if event["kind"] in SAFETY_EVENTS else STATE_COLOUR
         label = EVENT_LABELS.get(event["kind"], event["kind"])
+        if event["kind"] == "scenario_switched":
+            label = f"to {(event.get('data') or {}).get('to')}"
         marks.setdefault((_second_of(event["time"], start), colour), []).append(label)
     for alert in data["alerts"]:
         label = "alert: " + alert["kind"].replace("_", " ")

@@ -713,3 +713,66 @@ def test_bad_option_values_get_a_usage_error_not_a_traceback(argv, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "give" in err and argv[argv.index(next(a for a in argv if a.startswith("--")) ) + 1] in err
+
+
+# --------------------------------------------------------------------------- the learner through the socket
+
+
+def test_start_without_a_scenario_plays_what_suggest_shows_and_records_its_outcome(chair_at_idle, capsys):
+    chair, path = chair_at_idle
+    suggested = call(path, "suggest", profile="kid-learn")
+    assert suggested["chosen_by"] == "learner" and suggested["new_child"] is True
+    assert suggested["scenario"] in suggested["allowed"] and suggested["why"]
+    started = call(path, "start", profile="kid-learn")
+    assert (started["scenario"], started["chosen_by"], started["why"]) == \
+        (suggested["scenario"], "learner", suggested["why"])
+    assert call(path, "status")["reason"].startswith(f"started '{started['scenario']}', chosen by the learner")
+    call(path, "stop")
+    profile = chair.store.find_profile("kid-learn")
+    assert wait_for(lambda: chair.store.scenario_outcomes(profile_id=profile.id)), "no outcome was recorded"
+    (outcome,) = chair.store.scenario_outcomes(profile_id=profile.id)
+    assert (outcome.session_id, outcome.scenario, outcome.chosen_by) == (started["session_id"], started["scenario"],
+                                                                       "learner")
+    assert outcome.ended_early  # stopped before any calm face (the clip has none)
+    assert relaxctl(["--socket", str(path), "suggest", "kid-learn"]) == 0
+    assert "kid-learn: the learner suggests" in capsys.readouterr().out
+
+
+def test_a_halt_blocks_the_scenario_until_a_therapist_approves_it(chair_at_idle):
+    from types import MappingProxyType
+
+    from relaxd.affect import AffectReading
+
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-halt", scenario="sunset")
+    assert wait_for(lambda: call(path, "status")["state"] == "running")
+    scores = MappingProxyType({"negative": 0.97, "neutral": 0.02, "positive": 0.01})
+    chair._readings.append(AffectReading(time.monotonic(), True, "negative", "fear", 0.97, scores, 15, 15))
+    assert wait_for(lambda: call(path, "status")["state"] == "halted")
+    call(path, "stop")
+    assert wait_for(lambda: "sunset" in call(path, "suggest", profile="kid-halt")["blocked"])
+    for _ in range(20):  # whatever the draw, never the blocked one
+        assert call(path, "suggest", profile="kid-halt")["scenario"] != "sunset"
+    assert call(path, "approve_scenario", profile="kid-halt", scenario="sunset", by="dr-test")["changed"] is True
+    assert "sunset" not in call(path, "suggest", profile="kid-halt")["blocked"]
+    assert call(path, "approve_scenario", profile="kid-halt", scenario="sunset")["changed"] is False
+
+
+def test_an_excluded_scenario_is_never_suggested_nor_started(chair_at_idle):
+    chair, path = chair_at_idle
+    call(path, "start", profile="kid-excl", scenario="calm-sea")
+    call(path, "stop")
+    everything = set(chair.controller.scenario_names)
+    for name in sorted(everything - {"meadow"}):
+        call(path, "exclude_scenario", profile="kid-excl", scenario=name, by="dr-test")
+    assert call(path, "suggest", profile="kid-excl")["scenario"] == "meadow"  # the one left
+    error = refused(path, "start", profile="kid-excl", scenario="calm-sea")
+    assert error.code == REJECTED and "excluded for 'kid-excl'" in error.message and "include-scenario" in error.message
+    call(path, "exclude_scenario", profile="kid-excl", scenario="meadow")
+    error = refused(path, "start", profile="kid-excl")
+    assert error.code == REJECTED and "every scenario is excluded or blocked" in error.message
+    assert call(path, "status")["state"] == "idle"
+    assert call(path, "include_scenario", profile="kid-excl", scenario="calm-sea")["changed"] is True
+    assert call(path, "suggest", profile="kid-excl")["scenario"] == "calm-sea"
+    assert refused(path, "exclude_scenario", profile="kid-excl", scenario="nope").code == NOT_FOUND
+    assert refused(path, "exclude_scenario", profile="nobody", scenario="calm-sea").code == NOT_FOUND

@@ -270,3 +270,30 @@ def test_screenshots_of_every_screen_in_an_everyday_state(app, tmp_path):
     app.save(folder / "settings.png")
     sizes = {pygame.image.load(str(path)).get_size() for path in folder.glob("*.png")}
     assert sizes == {app.window.get_size()} and len(list(folder.glob("*.png"))) == len(shots) + 1
+
+
+def test_the_start_screen_suggests_a_scenario_says_why_and_leaves_the_choice_to_the_daemon(app):
+    start = app.screens["start"]
+    app.go("start")
+    start.on_outcome(Outcome("list_profiles", "profiles", True, [{"pseudonym": "otter", "preferred_scenario": None}]),
+                     app)
+    start.on_outcome(Outcome("list_scenarios", "scenarios", True, [
+        {"name": "calm-sea", "default": True}, {"name": "quiet-glow"}]), app)
+    start.pick_profile("otter")
+    assert app.link.sent[-1] == ("suggest", {"profile": "otter"})
+    why = "calmed in 4 of the last 5 sessions with it (median 45 s to calm)"
+    start.on_outcome(Outcome("suggest", "suggest", True, {"profile": "otter", "scenario": "quiet-glow",
+                                                           "chosen_by": "learner", "why": why}), app)
+    assert start.scenario == "quiet-glow" and start.following_suggestion()
+    idle = PanelState.from_status(status("idle", profile=None))
+    assert show(app, "start", idle) == []
+    assert drawn_whole(app, "otter · quiet-glow: calmed in 4 of the last 5")
+    (go,) = [b for b in start.buttons if b.label == "Start"]
+    go.action()
+    assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": None})  # the daemon's (learner's) pick
+    start._pick_scenario("calm-sea")  # the operator's own choice
+    assert not start.following_suggestion()
+    show(app, "start", idle)
+    (go,) = [b for b in start.buttons if b.label == "Start"]
+    go.action()
+    assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": "calm-sea"})

@@ -18,6 +18,8 @@ from relaxd.report import (
     per_second_rows,
     render_session_report,
     report_title,
+    event_marks,
+    scenario_story,
     resolve_session,
 )
 from relaxd.store import CSV_COLUMNS, AffectSecond, SessionStore, StoreError
@@ -159,7 +161,30 @@ def test_the_title_says_who_what_when_and_why_it_ended_in_words(recorded):
         data = store.session_data(session)
     title = report_title(data, per_second_rows(data))
     assert title.startswith(f"Session {session} · Robin 7 · scenario calm-sea\n")
-    assert title.endswith("(2 min 00 s) · end: emergency stop"), title
+    assert "(2 min 00 s) · end: emergency stop\n" in title, title
+    assert title.splitlines()[2].startswith("scenarios: "), title
+
+
+def test_the_report_says_who_chose_each_scenario_and_each_switch(tmp_path):
+    with SessionStore(tmp_path / "relaxd.db") as store:
+        kid = store.create_profile("kid-story")
+        session = store.start_session(kid.id, "calm-sea", started_at=at(0))
+        store.add_event(session, "started", from_state="idle", to_state="starting", time=at(0),
+                        data={"scenario": "calm-sea", "chosen_by": "learner",
+                              "why": "calmed in 4 of the last 5 sessions with it"})
+        store.add_event(session, "scenario_ended", time=at(130), data={"scenario": "calm-sea", "reward": 0.1})
+        store.add_event(session, "scenario_switched", time=at(130), reason="negative in 60% ...",
+                        data={"from": "calm-sea", "to": "quiet-glow", "why": "new for this child",
+                              "negative_share": 0.6})
+        store.add_affect_second(session, affect_row(0))
+        data = store.session_data(session)
+        png, table = render_session_report(store, session, tmp_path)
+    assert scenario_story(data) == ("scenarios: calm-sea (learner: calmed in 4 of the last 5 sessions with it), "
+                                    "at 2:10 to quiet-glow (negative 60%: new for this child)")
+    assert [m.label for m in event_marks(data)] == ["start", "to quiet-glow"]  # the outcome stays in the table
+    _, rows = read_csv(table)
+    assert "scenario_switched: negative in 60% ..." in rows[130]["events"]
+    assert png.stat().st_size > 0
 
 
 def test_second_without_any_record_is_an_empty_row(tmp_path):

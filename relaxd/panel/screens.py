@@ -345,7 +345,13 @@ TIMELINE_TICKS_S = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)  # the timelin
 
 
 class StartScreen(Screen):
-    """Pick a child profile and a scenario, then Start."""
+    """Pick a child profile and a scenario, then Start.
+
+    Picking a child asks the daemon what it would play for that child and why (``suggest``:
+    the profile's preferred scenario or the learner's choice) and selects it; Start then leaves
+    the choice to the daemon, so the learner may switch within the session. Picking another
+    scenario by hand is the operator's explicit choice, which the learner never overrides.
+    """
 
     name = "start"
     PAGE = 3
@@ -358,8 +364,11 @@ class StartScreen(Screen):
         self.scenario: Optional[str] = None
         self.pages = {"profiles": 0, "scenarios": 0}
         self.loading = False
+        self.suggestion: Optional[dict] = None  # the daemon's plan for the picked child
+        self._host: Optional[Host] = None
 
     def on_enter(self, host: Host) -> None:
+        self._host = host
         self.loading = True
         host.send("list_profiles", tag="profiles")
         host.send("list_scenarios", tag="scenarios")
@@ -373,15 +382,26 @@ class StartScreen(Screen):
                 self.scenarios = list(outcome.result)
                 if self.scenario is None:
                     self.scenario = next((s["name"] for s in self.scenarios if s.get("default")), None)
+        elif outcome.tag == "suggest" and outcome.ok and outcome.result.get("profile") == self.profile:
+            self.suggestion = dict(outcome.result)
+            if any(s["name"] == self.suggestion["scenario"] for s in self.scenarios):
+                self.scenario = self.suggestion["scenario"]
         elif outcome.tag == "start" and outcome.ok:
             host.notice(f"Session started for {outcome.result['profile']} ({outcome.result['scenario']})", GO_GREEN)
             host.go("home")
 
     def pick_profile(self, pseudonym: str) -> None:
         self.profile = pseudonym
+        self.suggestion = None
         preferred = next((p.get("preferred_scenario") for p in self.profiles if p["pseudonym"] == pseudonym), None)
         if preferred and any(s["name"] == preferred for s in self.scenarios):
             self.scenario = preferred
+        if self._host is not None:
+            self._host.send("suggest", tag="suggest", profile=pseudonym)
+
+    def following_suggestion(self) -> bool:
+        """The selected scenario is the daemon's suggestion (Start then names none)."""
+        return self.suggestion is not None and self.scenario == self.suggestion["scenario"]
 
     def taken(self) -> set[str]:
         return {p["pseudonym"] for p in self.profiles}
@@ -416,12 +436,16 @@ class StartScreen(Screen):
             painter.fitted(f"The chair is {state_title(state.state).lower()}: {why} first.",
                            pygame.Rect(CONTENT.left + 4, 404, 296, 70), sizes=(24, 20), colour=WARN_AMBER)
         else:
-            painter.fitted(f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}",
-                           pygame.Rect(CONTENT.left + 4, 404, 296, 70), sizes=(24, 20, 18), centred=True)
+            summary = f"{self.profile or 'pick a child'}  ·  {self.scenario or 'pick a scenario'}"
+            if self.following_suggestion():
+                assert self.suggestion is not None
+                summary += f": {self.suggestion['why']}"
+            painter.fitted(summary, pygame.Rect(CONTENT.left + 4, 404, 296, 70), sizes=(24, 20, 18, 16),
+                           centred=True, shorten=True)
         ready = self.profile is not None and self.scenario is not None and state.state == "idle"
         self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start",
                                    lambda: host.send("start", tag="start", profile=self.profile,
-                                                     scenario=self.scenario),
+                                                     scenario=None if self.following_suggestion() else self.scenario),
                                    GO_GREEN, enabled=ready, text_size=40))
         for button in self.buttons:
             button.draw(painter)
