@@ -354,6 +354,11 @@ class ChairCommands:
                     changed=changed, by=by)
         return {"profile": pseudonym, "scenario": scenario, "rule": rule, "cleared": clear, "changed": changed}
 
+    def list_blocked(self, args: _Args) -> list[dict[str, Any]]:
+        """Scenarios blocked after a halt, every child, newest first: what waits for a therapist."""
+        return [{"profile": pseudonym, "scenario": rule.scenario, "reason": rule.reason, "set_at": rule.set_at}
+                for pseudonym, rule in self._store().blocked_scenarios()]
+
     def approve_scenario(self, args: _Args) -> dict[str, Any]:
         """A therapist approves a scenario blocked after a halt: the learner may choose it again."""
         return self._scenario_rule(args, "blocked", clear=True)
@@ -453,6 +458,7 @@ COMMANDS: dict[str, _Command] = {
     "delete_profile": _Command(ChairCommands.delete_profile, ("profile", "with_sessions", "by")),
     "list_scenarios": _Command(ChairCommands.list_scenarios),
     "suggest": _Command(ChairCommands.suggest, ("profile",)),
+    "list_blocked": _Command(ChairCommands.list_blocked),
     "approve_scenario": _Command(ChairCommands.approve_scenario, ("profile", "scenario", "by")),
     "exclude_scenario": _Command(ChairCommands.exclude_scenario, ("profile", "scenario", "by")),
     "include_scenario": _Command(ChairCommands.include_scenario, ("profile", "scenario", "by")),

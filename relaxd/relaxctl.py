@@ -144,6 +144,7 @@ SHOW: dict[str, Callable[[Any], str]] = {
     "start": lambda r: f"started session {r['session_id']} for {r['profile']}: scenario {r['scenario']} "
                        f"(state {r['state']}; chosen by {r.get('chosen_by')}{': ' + r['why'] if r.get('why') else ''})",
     "suggest": show_suggestion,
+    "list_blocked": lambda rows: show_table(rows, ("profile", "scenario", "reason"), "no scenario is blocked"),
     "approve_scenario": show_rule,
     "exclude_scenario": show_rule,
     "include_scenario": show_rule,
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(relaxctl suggest shows it and why)")
     command("suggest", "the scenario a start without --scenario would play for a child, and why"
             ).add_argument("profile", help="the child's pseudonym")
+    command("list-blocked", "scenarios blocked after a halt, waiting for a therapist's approval",
+            aliases=["list_blocked", "blocked"])
     for name, help in (("approve-scenario", "a therapist approves a scenario blocked after a halt for a child"),
                        ("exclude-scenario", "a therapist excludes a scenario for a child (never chosen nor started)"),
                        ("include-scenario", "undo exclude-scenario")):

@@ -802,6 +802,12 @@ class SessionStore:
                                (profile_id, scenario, rule))
         return cur.rowcount == 1
 
+    def blocked_scenarios(self) -> list[tuple[str, ScenarioRule]]:
+        """Every child's scenarios blocked after a halt, with the child's pseudonym (for approval)."""
+        rows = self._all("SELECT p.pseudonym, r.* FROM scenario_rules r JOIN profiles p ON p.id = r.profile_id "
+                         "WHERE r.rule = 'blocked' ORDER BY r.set_at DESC")
+        return [(row["pseudonym"], ScenarioRule(**{k: row[k] for k in row.keys() if k != "pseudonym"})) for row in rows]
+
     def scenario_rules(self, profile_id: int) -> list[ScenarioRule]:
         rows = self._all("SELECT * FROM scenario_rules WHERE profile_id = ? ORDER BY scenario", (profile_id,))
         return [ScenarioRule(**dict(r)) for r in rows]

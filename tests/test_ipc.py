@@ -751,6 +751,8 @@ def test_a_halt_blocks_the_scenario_until_a_therapist_approves_it(chair_at_idle)
     assert wait_for(lambda: call(path, "status")["state"] == "halted")
     call(path, "stop")
     assert wait_for(lambda: "sunset" in call(path, "suggest", profile="kid-halt")["blocked"])
+    waiting = [(row["profile"], row["scenario"]) for row in call(path, "list_blocked")]
+    assert ("kid-halt", "sunset") in waiting  # what the panel's approvals list shows behind the PIN
     for _ in range(20):  # whatever the draw, never the blocked one
         assert call(path, "suggest", profile="kid-halt")["scenario"] != "sunset"
     assert call(path, "approve_scenario", profile="kid-halt", scenario="sunset", by="dr-test")["changed"] is True

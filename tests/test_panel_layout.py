@@ -157,6 +157,13 @@ def test_every_screen_in_every_state_fits(app):
     settings = app.screens["settings"]
     settings.unlocked = True
     problems["settings unlocked"] = show(app, "settings", PanelState.from_status(status(healthy=False)))
+    settings.approvals = True
+    settings.blocked = [{"profile": WIDE_NAME, "scenario": "slow-waves-without-vibration-and-warm-light",
+                         "reason": "halted in session 123456: " + LONG_REASON} for _ in range(6)]
+    problems["settings approvals"] = show(app, "settings", PanelState.from_status(status(healthy=False)))
+    settings.blocked = []
+    problems["settings approvals, none"] = show(app, "settings", PanelState.from_status(status(healthy=False)))
+    settings.approvals = False
     settings.unlocked = False
     app.screens["name"].entered = WIDE_NAME
     problems["name"] = show(app, "name", PanelState.from_status(status("idle", profile=None)))
@@ -297,3 +304,25 @@ def test_the_start_screen_suggests_a_scenario_says_why_and_leaves_the_choice_to_
     (go,) = [b for b in start.buttons if b.label == "Start"]
     go.action()
     assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": "calm-sea"})
+
+
+def test_blocked_scenarios_are_approved_behind_the_pin(app):
+    settings = app.screens["settings"]
+    app.go("settings")
+    idle = PanelState.from_status(status("idle", profile=None))
+    show(app, "settings", idle)
+    assert not any(b.label == "Approvals" for b in settings.buttons), "locked: no approvals"
+    settings.unlocked = True
+    show(app, "settings", idle)
+    (approvals,) = [b for b in settings.buttons if b.label == "Approvals"]
+    approvals.action()
+    assert app.link.sent[-1] == ("list_blocked", {})
+    settings.on_outcome(Outcome("list_blocked", "blocked", True, [
+        {"profile": "otter", "scenario": "sunset", "reason": "halted in session 4: negative for 8.0 s"}]), app)
+    assert show(app, "settings", idle) == []
+    assert drawn_whole(app, "otter · sunset")
+    (approve,) = [b for b in settings.buttons if b.label == "Approve"]
+    approve.action()
+    assert app.link.sent[-1] == ("approve_scenario", {"profile": "otter", "scenario": "sunset", "by": "panel"})
+    app.go("home")
+    assert not settings.unlocked and not settings.approvals  # the PIN again next time

@@ -750,7 +750,8 @@ def to_minute(stamp: Optional[str]) -> str:
 
 
 class SettingsScreen(Screen):
-    """Behind the PIN: socket path, versions, health details and the e-stop reset."""
+    """Behind the PIN: socket path, versions, health details, the e-stop reset, and the
+    approvals: scenarios blocked for a child after a halt, which only a therapist releases."""
 
     name = "settings"
     # A child at the touchscreen can try PINs faster than an adult notices: after this many
@@ -765,6 +766,8 @@ class SettingsScreen(Screen):
         self._wrong_in_a_row = 0
         self._locked_until = 0.0
         self.unlocked = False
+        self.approvals = False  # showing the blocked scenarios instead of the settings
+        self.blocked: list[dict] = []
         self.error = ""
         self.keypad = Keypad((316, 104), self._check_pin, key_size=(96, 64))
 
@@ -788,14 +791,25 @@ class SettingsScreen(Screen):
         self.keypad.entered, self.error = "", ""
 
     def on_leave(self, host: Host) -> None:
-        self.unlocked = False  # the PIN is asked again on every visit
+        self.unlocked = self.approvals = False  # the PIN is asked again on every visit
 
     def on_outcome(self, outcome: Outcome, host: Host) -> None:
         if outcome.tag == "reset" and outcome.ok:
             host.notice("Reset: the chair is idle; start a session to stimulate again", GO_GREEN)
+        elif outcome.tag == "blocked" and outcome.ok:
+            self.blocked = list(outcome.result)
+        elif outcome.tag == "approved" and outcome.ok:
+            host.notice(f"{outcome.result['scenario']} approved for {outcome.result['profile']}", GO_GREEN)
+            host.send("list_blocked", tag="blocked")
+
+    def show_approvals(self, host: Host) -> None:
+        self.approvals = True
+        host.send("list_blocked", tag="blocked")
 
     def draw(self, painter: Painter, host: Host) -> None:
-        if self.unlocked:
+        if self.unlocked and self.approvals:
+            self._draw_approvals(painter, host)
+        elif self.unlocked:
             self._draw_unlocked(painter, host)
         else:
             self._draw_keypad(painter)
@@ -843,13 +857,43 @@ class SettingsScreen(Screen):
         resettable = state.latched or state.state in ("estopped", "fault")
         label = "Reset fault" if state.state == "fault" and not state.latched else "Reset e-stop"
         self.buttons = [
-            Button(pygame.Rect(left, 400, 300, 70), label, lambda: host.send("reset", tag="reset", by="panel"),
+            Button(pygame.Rect(left, 400, 270, 70), label, lambda: host.send("reset", tag="reset", by="panel"),
                    WARN_AMBER, enabled=resettable, text_colour=(20, 20, 20)),
-            Button(pygame.Rect(left + 316, 400, 180, 70), "Lock", self._lock),
+            Button(pygame.Rect(left + 282, 400, 170, 70), "Approvals", lambda: self.show_approvals(host),
+                   text_size=28),
+            Button(pygame.Rect(left + 464, 400, 140, 70), "Lock", self._lock),
         ]
 
+    APPROVALS_SHOWN = 3
+
+    def _draw_approvals(self, painter: Painter, host: Host) -> None:
+        """Each scenario blocked after a halt, newest first, with its Approve button."""
+        left = CONTENT.left + 4
+        painter.text("Blocked after a halt", (left, 104), 32)
+        self.buttons = []
+        if not self.blocked:
+            painter.fitted("No scenario is blocked: the learner may choose any scenario a therapist has not "
+                           "excluded.", pygame.Rect(left, 150, 604, 80), sizes=(24, 20), colour=MUTED)
+        for row, item in enumerate(self.blocked[:self.APPROVALS_SHOWN]):
+            y = 144 + row * 64
+            painter.fitted(f"{item['profile']} · {item['scenario']}", pygame.Rect(left, y, 440, 28),
+                           sizes=(24, 20, 18), shorten=True)
+            painter.fitted(item.get("reason") or "", pygame.Rect(left, y + 28, 440, 26), sizes=(18, 16),
+                           colour=MUTED, shorten=True)
+            self.buttons.append(Button(
+                pygame.Rect(left + 452, y, 152, 60), "Approve",
+                lambda item=item: host.send("approve_scenario", tag="approved", profile=item["profile"],
+                                            scenario=item["scenario"], by="panel"), GO_GREEN, text_size=26))
+        if len(self.blocked) > self.APPROVALS_SHOWN:
+            painter.text(f"and {len(self.blocked) - self.APPROVALS_SHOWN} more (relaxctl list-blocked)",
+                         (left, 144 + self.APPROVALS_SHOWN * 64 + 4), 20, MUTED)
+        self.buttons.append(Button(pygame.Rect(left, 400, 200, 70), "Back", self._back_to_settings))
+
+    def _back_to_settings(self) -> None:
+        self.approvals = False
+
     def _lock(self) -> None:
-        self.unlocked = False
+        self.unlocked = self.approvals = False
 
 
 # --------------------------------------------------------------------------- disconnected
