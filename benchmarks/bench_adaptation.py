@@ -114,13 +114,14 @@ import numpy as np
 import yaml
 
 from relaxd.affect import AffectReading
-from relaxd.control import ChildProfile, CommandRejected, Controller, EventKind, Output, Scenario, load_scenarios
+from relaxd.control import (ChildProfile, CommandRejected, Controller, EventKind, Output, Scenario, State,
+                            load_scenarios)
 from relaxd.control.learner import ChildRules, PastSegment, ScenarioLearner, seed_for
 from relaxd.control.outcome import ChosenBy
 from relaxd.settings import ControllerSettings
 
 DEFAULT_POPULATION = Path(__file__).resolve().parent / "populations" / "default.yaml"
-POLICIES = ("learned", "default", "random")
+POLICIES = ("learned", "default", "random", "oracle")
 FEATURE_KEYS = ("vibration", "sound", "warm", "very_slow")  # ScenarioFeatures.vector's order
 
 DT_S = 0.5  # one reading (and one tick) every half second of simulated time
@@ -128,27 +129,28 @@ SESSION_S = 420.0  # longest session; also the censored time to calm
 CALM_STOP_S = 120.0  # the operator ends the session this long after the child calmed (time to calm + calm_hold_s)
 HALT_WAIT_S = 5.0  # the operator ends the session this long after a halt
 REF_INTENSITY = 0.3  # at or above this intensity the scenario has its full effect
-AROUSAL_OFFSET, AROUSAL_GAIN = -2.0, 1.6  # target arousal = sigmoid(OFFSET - GAIN * affinity)
-TAU_S = 90.0  # arousal time constant while calming (shorter for a liked scenario)
+AROUSAL_OFFSET, AROUSAL_GAIN = -2.3, 1.6  # target arousal = sigmoid(OFFSET - GAIN * affinity)
+TAU_S = 40.0  # arousal time constant while calming (shorter for a liked scenario)
 TAU_UP_S = 8.0  # ... and while getting upset: distress comes fast
-BOUT_RATE = 0.8  # negative bouts per second at arousal 1
+BOUT_RATE = 0.5  # negative bouts per second at arousal 1
 BOUT_MIN_S, BOUT_SCALE_S = 0.8, 8.0  # mean bout length = MIN + SCALE * arousal**2
 CONTENT_BASE, CONTENT_GAIN = 0.02, 0.08  # per second: a calm child starts smiling (more in a liked scenario)
 CONTENT_S = 6.0  # mean length of a smile (a run of positive)
 INTENSITY_EXPONENT = 0.5  # effect of a scenario = affinity * min(1, intensity / REF_INTENSITY) ** this
 BOREDOM_RUN_MAX = 5
 LAST_N = 5
+NEAR_BEST_GAP = 0.25  # diagnostics only: a choice within this affinity of the best counts as near best
 PROBE_EVERY = 10
 ESTOP_PROBE_S, ESTOP_RESUME_AT_S, ESTOP_RESET_AT_S = 20.0, 5.0, 10.0
 TARGET_RATIO = 0.7
 TARGET_BEST_SHARE = 0.8
 LABEL = {"negative": "sad", "neutral": "neutral", "positive": "happy"}
 
-TYPE_DEFAULTS: dict[str, Any] = {"spread": 0.3, "idiosyncrasy": 0.1, "distress": 0.55, "noise": 0.5,
+TYPE_DEFAULTS: dict[str, Any] = {"spread": 0.3, "idiosyncrasy": 0.1, "distress": 0.45, "noise": 0.5,
                                  "habituation": 0.05, "boredom": 0.02}
 TYPE_RANGES = {"spread": (0.0, 2.0), "idiosyncrasy": (0.0, 1.0), "distress": (0.0, 1.0), "noise": (0.0, 3.0),
                "habituation": (0.0, 1.0), "boredom": (0.0, 0.5)}
-MISREAD_DEFAULTS = {"negative_as_calm": 0.3, "calm_as_negative": 0.04}
+MISREAD_DEFAULTS = {"negative_as_calm": 0.15, "calm_as_negative": 0.04}
 LIKES_RANGE = (-5.0, 5.0)
 
 
@@ -352,6 +354,7 @@ class SessionResult:
     segments: list[dict[str, Any]]  # the scenario_ended events' data
     switches: int = 0
     violations: list[str] = field(default_factory=list)
+    mean_intensity: float = 0.0  # over the ticks while starting or running
 
 
 def reading_at(now: float, group: str, confidence: float) -> AffectReading:
@@ -441,6 +444,7 @@ def run_session(settings: ControllerSettings, scenarios: Mapping[str, Scenario],
     hidden_ttc: Optional[float] = None
     step = 0
     now = 0.0
+    levels: list[float] = []
     while True:
         step += 1
         now = step * DT_S
@@ -481,6 +485,8 @@ def run_session(settings: ControllerSettings, scenarios: Mapping[str, Scenario],
         output = controller.tick(now)
         handle(output.events, now)
         level = output.intensity
+        if output.state in (State.STARTING, State.RUNNING):
+            levels.append(level)
         if output.intensity > cap + 1e-9:
             result.violations.append(f"intensity {output.intensity} above {child.pseudonym}'s cap {cap}")
         # the operator
@@ -493,6 +499,7 @@ def run_session(settings: ControllerSettings, scenarios: Mapping[str, Scenario],
         if ending:
             handle(controller.stop(now, "operator ended the session"), now)
             break
+    result.mean_intensity = float(np.mean(levels)) if levels else 0.0
     result.halted = halted_at[0] is not None
     result.calmed = hidden_ttc is not None
     result.time_to_calm_s = hidden_ttc if hidden_ttc is not None else SESSION_S
@@ -512,6 +519,8 @@ class World:
     starts: dict[int, list[str]] = field(default_factory=dict)
     results: dict[int, list[SessionResult]] = field(default_factory=dict)
     best: dict[int, list[bool]] = field(default_factory=dict)
+    regret: dict[int, list[float]] = field(default_factory=dict)  # best's affinity - the chosen one's
+    best_gap: dict[int, list[float]] = field(default_factory=dict)  # best's affinity - the second best's
     violations: list[str] = field(default_factory=list)
     skipped: int = 0
 
@@ -580,6 +589,11 @@ def simulate(population: Population, children_n: int, sessions_n: int, seed: int
                                      why=suggestion.why, forbidden=forbidden, estop_at=estop_at, probe_rng=rng)
                 best = max(allowed, key=lambda s: (child.base_affinity[s], s))
                 world.best.setdefault(child.index, []).append(suggestion.scenario == best)
+                world.regret.setdefault(child.index, []).append(
+                    child.base_affinity[best] - child.base_affinity[suggestion.scenario])
+                second = sorted((child.base_affinity[s] for s in allowed), reverse=True)[1:2]
+                world.best_gap.setdefault(child.index, []).append(
+                    child.base_affinity[best] - second[0] if second else math.inf)
                 world.record(child, session, result)
                 if (child.index + session) % PROBE_EVERY == 0:  # the operator's explicit choice: never switched
                     probes["operator"] += 1
@@ -606,6 +620,15 @@ def simulate(population: Population, children_n: int, sessions_n: int, seed: int
                 world.skipped += 1
                 continue
             first = pool[int(rng.integers(len(pool)))]
+            world.record(child, session, run_session(settings, scenarios, child, affinity_now(world, child, first),
+                                                     session, noise, first, ChosenBy.OPERATOR))
+            # oracle (a reference, not a policy a chair could have): the child's best allowed scenario
+            world = worlds["oracle"]
+            pool = [s for s in names if s not in child.excluded and s not in world.blocked.get(child.index, {})]
+            if not pool:
+                world.skipped += 1
+                continue
+            first = max(pool, key=lambda s: (child.base_affinity[s], s))
             world.record(child, session, run_session(settings, scenarios, child, affinity_now(world, child, first),
                                                      session, noise, first, ChosenBy.OPERATOR))
     return summarise(worlds, children, sessions_n, seed, population, probes)
@@ -660,6 +683,29 @@ def summarise(worlds: Mapping[str, World], children: Sequence[Child], sessions_n
         and (out["best_scenario_share_last5"] or 0.0) >= TARGET_BEST_SHARE
         and out["constraint_violations"] == 0)
     out["violations"] = violations[:20]
+    regret = [r for c in children for r in learned.regret.get(c.index, [])[last:]]
+    gaps = [g for c in children for g in learned.best_gap.get(c.index, [])[last:]]
+    clear = [b for b, g in zip(best_tail, gaps) if g >= NEAR_BEST_GAP]
+    chose_best = [r for c in children for r, b in zip(learned.results.get(c.index, [])[last:],
+                                                        learned.best.get(c.index, [])[last:]) if b]
+    chose_other = [r for c in children for r, b in zip(learned.results.get(c.index, [])[last:],
+                                                         learned.best.get(c.index, [])[last:]) if not b]
+    out["diagnostics"] = {  # supplementary; the targets above are judged on the headline numbers only
+        "note": f"affinity units; near best = within {NEAR_BEST_GAP} of the best allowed scenario's affinity; "
+                "oracle = always the child's best allowed scenario (hidden knowledge, a reference only)",
+        "near_best_share_last5": _mean([float(r <= NEAR_BEST_GAP) for r in regret]),
+        "mean_regret_last5": _mean(regret),
+        "close_call_share_last5": _mean([float(g < NEAR_BEST_GAP) for g in gaps]),
+        "best_share_when_clear_last5": _mean([float(b) for b in clear]),
+        "learned_when_best_chosen": {"sessions": len(chose_best),
+                                     "time_to_calm_s": _mean([r.time_to_calm_s for r in chose_best]),
+                                     "halts": _mean([float(r.halted) for r in chose_best])},
+        "learned_when_other_chosen": {"sessions": len(chose_other),
+                                      "time_to_calm_s": _mean([r.time_to_calm_s for r in chose_other]),
+                                      "halts": _mean([float(r.halted) for r in chose_other])},
+        "mean_intensity_last5": {p: _mean([r.mean_intensity for c in children for r in w.results.get(c.index, [])[last:]])
+                                 for p, w in worlds.items()},
+    }
     out["switches_per_session_last5"] = _mean([float(r.switches) for c in children
                                                for r in learned.results.get(c.index, [])[last:]])
     out["blocked_per_child"] = _mean([float(len(learned.blocked.get(c.index, {}))) for c in children])
@@ -677,7 +723,8 @@ def summarise(worlds: Mapping[str, World], children: Sequence[Child], sessions_n
 # -- the plot -------------------------------------------------------------------------------------
 
 
-COLOURS = {"learned": (0.13, 0.47, 0.71), "default": (0.84, 0.15, 0.16), "random": (0.5, 0.5, 0.5)}
+COLOURS = {"learned": (0.13, 0.47, 0.71), "default": (0.84, 0.15, 0.16), "random": (0.5, 0.5, 0.5),
+           "oracle": (0.17, 0.63, 0.17)}
 
 
 def write_plot(result: Mapping[str, Any], path: Path) -> None:
@@ -694,7 +741,9 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for policy in POLICIES:
-        left.plot(sessions, curves[policy]["time_to_calm_s"], marker="o", color=COLOURS[policy], label=policy)
+        style = {"linestyle": ":", "marker": None} if policy == "oracle" else {"marker": "o"}
+        left.plot(sessions, curves[policy]["time_to_calm_s"], color=COLOURS[policy],
+                  label="oracle (reference)" if policy == "oracle" else policy, **style)
     left.set_xlabel("session")
     left.set_ylabel(f"mean time to calm, s (never calmed = {SESSION_S:.0f} s)")
     left.set_title(f"{result['children']} synthetic children, seed {result['seed']}")
@@ -702,7 +751,7 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
     left.legend()
     right.plot(sessions, curves["learned"]["best_scenario_share"], marker="o", color=COLOURS["learned"],
                label="learner chose the best scenario")
-    for policy in POLICIES:
+    for policy in POLICIES[:3]:
         right.plot(sessions, curves[policy]["halts"], linestyle="--", color=COLOURS[policy], label=f"halts, {policy}")
     right.set_xlabel("session")
     right.set_ylabel("share of sessions")
@@ -751,6 +800,10 @@ def print_report(result: Mapping[str, Any]) -> None:
           f"(target <= {TARGET_RATIO})")
     print(f"best scenario chosen in {result['best_scenario_share_last5']:.0%} of those sessions "
           f"(target >= {TARGET_BEST_SHARE:.0%})")
+    diagnostics = result["diagnostics"]
+    print(f"  (near best in {diagnostics['near_best_share_last5']:.0%}; best and second best within "
+          f"{NEAR_BEST_GAP} in {diagnostics['close_call_share_last5']:.0%} of those sessions; mean intensity "
+          + ", ".join(f"{p} {v:.2f}" for p, v in diagnostics["mean_intensity_last5"].items()) + ")")
     print(f"constraint violations: {result['constraint_violations']}  (probes: {result['probes']})")
     for line in result["violations"]:
         print(f"  {line}")
@@ -784,6 +837,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = simulate(population, args.children, args.sessions, args.seed)
     elapsed = time.perf_counter() - started
     print(f"bench_adaptation: {args.children} children x {args.sessions} sessions x {len(POLICIES)} policies "
+          "(oracle included) "
           f"in {elapsed:.1f} s", file=sys.stderr)
     if args.plot is not None:
         write_plot(result, args.plot)

@@ -43,7 +43,7 @@ import structlog
 
 from relaxd.errors import RelaxdError
 from relaxd.settings import AlertSettings
-from relaxd.store import OutboxEntry, SessionStore, StoreError, now_iso
+from relaxd.store import OutboxEntry, OutboxMessage, SessionStore, StoreError, now_iso
 from relaxd.vocabulary import PRIORITIES, AlertKind
 
 log = structlog.get_logger(__name__)
@@ -108,8 +108,10 @@ class AlertManager:
     """
 
     def __init__(self, store: SessionStore, settings: AlertSettings, *, pin_factory: Any = None,
-                 source: Optional[str] = None) -> None:
+                 source: Optional[str] = None, mqtt: bool = False) -> None:
         self._store = store
+        self._mqtt = mqtt  # queue each message for relaxd.mqtt too (its bridge delivers them)
+        self._outbox_listeners: list[Callable[[], None]] = []
         self._settings = settings
         self._source = source or socket.gethostname()  # tells the receiver which chair
         self._lock = threading.RLock()
@@ -134,6 +136,10 @@ class AlertManager:
         self._update_relay()  # alerts left unacknowledged before a restart still sound
         if self._webhook is not None:
             self._webhook.start()  # resends what a previous run left in the outbox
+
+    def add_outbox_listener(self, notify: Callable[[], None]) -> None:
+        """Call ``notify()`` after each outbox row is committed (an MQTT bridge wakes up to send it)."""
+        self._outbox_listeners.append(notify)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event, alert)`` on every raise/acknowledge (event: ``alert.raised`` / ``alert.acknowledged``)."""
@@ -181,10 +187,9 @@ class AlertManager:
             self._store.insert_alert(
                 alert_id=alert.id, time=alert.time, kind=alert.kind, priority=alert.priority,
                 message=alert.message, session_id=alert.session_id, data=dict(alert.data),
-                outbox=self._message(RAISED, alert),
+                outbox=self._messages(RAISED, alert),
             )
-        if self._webhook is not None:
-            self._webhook.notify()
+        self._notify_outbox()
 
     def acknowledge(self, alert_id: str, by: str) -> Alert:
         """Mark an alert seen by a caregiver (``by``: who, e.g. 'panel' or a name). Idempotent."""
@@ -196,7 +201,7 @@ class AlertManager:
                 return current
             stamp = now_iso()
             acked = replace(current, acknowledged_at=stamp, acknowledged_by=by)
-            if self._store.acknowledge_alert(alert_id, by, time=stamp, outbox=self._message(ACKNOWLEDGED, acked)):
+            if self._store.acknowledge_alert(alert_id, by, time=stamp, outbox=self._messages(ACKNOWLEDGED, acked)):
                 with self._active_lock:
                     self._active.pop(alert_id, None)
                 log.info("alert.acknowledged", alert_id=alert_id, by=by)
@@ -231,17 +236,25 @@ class AlertManager:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _message(self, event: str, alert: Alert) -> Optional[tuple[str, dict[str, Any]]]:
-        """The outbox entry ``(key, payload)`` for a webhook, or None without one."""
-        if self._webhook is None:
-            return None
-        key = uuid.uuid4().hex
-        return key, {"event": event, "idempotency_key": key, "source": self._source, "alert": alert.to_dict()}
+    def _messages(self, event: str, alert: Alert) -> list[OutboxMessage]:
+        """One outbox entry ``(channel, key, payload)`` per configured channel (webhook, MQTT)."""
+        channels = [c for c, on in (("webhook", self._webhook is not None), ("mqtt", self._mqtt)) if on]
+        messages = []
+        for channel in channels:
+            key = uuid.uuid4().hex
+            messages.append((channel, key, {"event": event, "idempotency_key": key, "source": self._source,
+                                            "alert": alert.to_dict()}))
+        return messages
+
+    def _notify_outbox(self) -> None:
+        if self._webhook is not None:
+            self._webhook.notify()
+        for notify in list(self._outbox_listeners):
+            notify()
 
     def _fan_out(self, event: str, alert: Alert) -> None:
         self._update_relay()
-        if self._webhook is not None:
-            self._webhook.notify()
+        self._notify_outbox()
         self._notify_listeners(event, alert)
 
     def _notify_listeners(self, event: str, alert: Alert) -> None:

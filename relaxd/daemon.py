@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import structlog
 
@@ -52,6 +52,9 @@ from relaxd.safety import (EStopButton, HealthGate, LatchEvent, SafetyLatch, Sys
 from relaxd.settings import Settings
 from relaxd.recorder import SessionHandle, SessionRecorder
 from relaxd.store import AffectSecondAccumulator, Profile, SessionStore, now_iso
+
+if TYPE_CHECKING:
+    from relaxd.mqtt import MqttBridge
 from relaxd.vision.pipeline import VisionPipeline
 from relaxd.vocabulary import AlertKind, Priority
 
@@ -188,6 +191,7 @@ class Chair:
         self._last_session: Optional[dict[str, Any]] = None
         self._last_reading: Optional[AffectReading] = None
         self.ipc: Optional[ControlServer] = None
+        self.mqtt: Optional["MqttBridge"] = None
         # What can be rejected (model, cascade, scenarios) loads before any output is opened.
         self.pipeline = VisionPipeline.from_settings(settings)
         self.controller = Controller(settings.control, load_scenarios(settings.control.scenarios_file or None))
@@ -208,10 +212,18 @@ class Chair:
             self.store = SessionStore(Path(settings.store.path).expanduser(), busy_timeout_s=settings.store.busy_timeout_s)
             parts.callback(self.store.close)
             self.store.close_unfinished_sessions()
-            self.alerts = AlertManager(self.store, settings.alerts, pin_factory=pin_factory)
+            self.alerts = AlertManager(self.store, settings.alerts, pin_factory=pin_factory,
+                                       mqtt=settings.mqtt.enabled)
             parts.callback(self.alerts.close)
             self.recorder = SessionRecorder(self.store).start()
             parts.callback(self._close_recorder)
+            if settings.mqtt.enabled:  # started in run(); stopped before the recorder closes
+                from relaxd.mqtt import MqttBridge
+
+                self.mqtt = MqttBridge(settings.mqtt, status=self.status, store=self.store,
+                                       command=ChairCommands(self, settings.ipc.command_timeout_s).handle)
+                self.alerts.add_outbox_listener(self.mqtt.notify)
+                parts.callback(self.mqtt.stop)
             self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event,
                                                        small_width=settings.detector.detect_width)
             parts.callback(self._stop_grabber)
@@ -328,6 +340,11 @@ class Chair:
             if row is not None:
                 store.add_affect_second(session.id, row)
             store.end_session(session.id, reason, ended_at=ended_at)
+            if self.mqtt is not None and self.settings.mqtt.session_summary:
+                from relaxd.mqtt import session_summary
+
+                store.enqueue_message("mqtt", *session_summary(store, session.id, self.mqtt.chair_id))
+                self.mqtt.notify()
 
         self.recorder.submit("session end", write)
 
@@ -583,6 +600,7 @@ class Chair:
                 "store": self.recorder.health().to_dict() if self.recorder is not None else {"ok": False},
                 "latch": {"ok": not latch.latched, "latched": latch.latched, "tripped_by": latch.tripped_by,
                           "tripped_at": latch.tripped_at, "trips": latch.trips},
+                **({"mqtt": self.mqtt.health()} if self.mqtt is not None else {}),
             },
             "simulation": is_simulation(self.settings),
         }
@@ -609,6 +627,8 @@ class Chair:
             self.bank.all_off("start")  # safe state at start
             self.bank.reset_latch()
             self._start_ipc()
+            if self.mqtt is not None:
+                self.mqtt.start()
             self.grabber.start()
             vision.start()
             self.watchdog.start()

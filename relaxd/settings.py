@@ -141,6 +141,50 @@ class AlertSettings:
     webhook_retry_max_s: float = ranged(300.0, 0.01, 3600.0, "longest wait between resends (exponential back-off cap)")
 
 
+MQTT_COMMANDS = ("estop", "ack", "pause", "stop", "resume", "start")
+MQTT_SAFE_COMMANDS = ("estop", "ack")  # neither starts nor raises stimulation
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """A centre's broker (relaxd.mqtt): state, health and alerts out, e-stop and acknowledge in."""
+
+    enabled: bool = field(default=False, metadata={"doc": "publish to an MQTT broker (needs pip install 'relaxd[mqtt]')"})
+    host: str = text("localhost", "the broker's host name or address")
+    port: int = ranged(1883, 1, 65535, "the broker's port (8883 is usual with TLS)")
+    username: str = text("", "broker user name; empty = anonymous")
+    password_file: str = text("", "a file holding the broker password (kept out of this config); empty = none")
+    tls: bool = field(default=False, metadata={"doc": "connect with TLS"})
+    ca_file: str = text("", "TLS: the CA certificate that signed the broker's; empty = the system's CAs")
+    cert_file: str = text("", "TLS: this chair's client certificate (optional)")
+    key_file: str = text("", "TLS: the client certificate's private key")
+    topic_prefix: str = text("relaxd", "topics are <topic_prefix>/<chair_id>/...")
+    chair_id: str = text("", "this chair's name in topics and Home Assistant; empty = the host name")
+    discovery: bool = field(default=True, metadata={"doc": "announce the chair to Home Assistant (MQTT discovery)"})
+    discovery_prefix: str = text("homeassistant", "Home Assistant's discovery prefix")
+    state_interval_s: float = ranged(1.0, 0.2, 60.0, "publish state and health at most this often (and on change)")
+    keepalive_s: int = ranged(30, 5, 600, "MQTT keep-alive; the broker announces 'offline' about 1.5x this after a death")
+    retry_initial_s: float = ranged(1.0, 0.05, 60.0, "first wait before reconnecting or resending an alert")
+    retry_max_s: float = ranged(60.0, 0.1, 3600.0, "longest wait between reconnects and resends")
+    session_summary: bool = field(default=False, metadata={"doc": "publish a summary (pseudonym only) when a session ends"})
+    commands: tuple[str, ...] = field(default=MQTT_SAFE_COMMANDS, metadata={
+        "doc": f"commands accepted from MQTT, of {', '.join(MQTT_COMMANDS)}; only estop and ack are safe, "
+               "the others (start, resume) must be enabled by a therapist one by one"})
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = [("commands", f"{name!r} is not an MQTT command; choose from {', '.join(MQTT_COMMANDS)}")
+                 for name in self.commands if name not in MQTT_COMMANDS]
+        if bool(self.cert_file) != bool(self.key_file):
+            found.append(("cert_file", "a client certificate needs both cert_file and key_file"))
+        if (self.ca_file or self.cert_file) and not self.tls:
+            found.append(("tls", "ca_file/cert_file are set but tls is false: set tls: true"))
+        if "/" in self.chair_id or "+" in self.chair_id or "#" in self.chair_id:
+            found.append(("chair_id", f"{self.chair_id!r} cannot be part of a topic: no '/', '+' or '#'"))
+        if not self.topic_prefix.strip("/") or any(c in self.topic_prefix for c in "+#"):
+            found.append(("topic_prefix", f"{self.topic_prefix!r} must be a topic without '+' or '#'"))
+        return found
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     path: str = text("~/.local/share/relaxd/relaxd.db",
@@ -292,6 +336,7 @@ class Settings:
     actuators: ActuatorSettings = field(default_factory=ActuatorSettings)
     safety: SafetySettings = field(default_factory=SafetySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ipc: IpcSettings = field(default_factory=IpcSettings)
     panel: PanelSettings = field(default_factory=PanelSettings)

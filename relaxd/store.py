@@ -210,9 +210,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (profile_id, scenario)
         )""",
     ),
+    # A second delivery channel besides the webhook (issue 18): each channel has its own
+    # rows and delivers them in its own order, so a broker outage never holds up the webhook.
+    4: (
+        "ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook'",
+        "CREATE INDEX outbox_pending_by_channel ON outbox(channel, delivered_at, seq)",
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 SCENARIO_RULES = ("excluded", "blocked")
+OUTBOX_CHANNELS = ("webhook", "mqtt")
+OutboxMessage = tuple[str, str, dict[str, Any]]  # (channel, idempotency key, payload)
 
 
 # ---------------------------------------------------------------------------------------
@@ -885,12 +893,12 @@ class SessionStore:
         message: str,
         session_id: Optional[int],
         data: dict[str, Any],
-        outbox: Optional[tuple[str, dict[str, Any]]] = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Store an alert and, in the same transaction, its outbox entry ``(key, payload)``.
+        """Store an alert and, in the same transaction, its outbox entries ``(channel, key, payload)``.
 
-        One transaction means an alert is never stored without its webhook message, or
-        the other way round, whatever happens in between.
+        One transaction means an alert is never stored without its webhook or MQTT message,
+        or the other way round, whatever happens in between.
         """
         if priority not in PRIORITIES:
             raise InvalidRecordError(f"alert priority must be one of {PRIORITIES}, got {priority!r}")
@@ -900,12 +908,11 @@ class SessionStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (alert_id, session_id, time, kind, priority, message, json.dumps(data)),
             )
-            if outbox is not None:
-                self._enqueue(conn, alert_id, *outbox)
+            for message in outbox:
+                self._enqueue(conn, alert_id, *message)
 
     def acknowledge_alert(
-        self, alert_id: str, by: str, *, time: Optional[str] = None,
-        outbox: Optional[tuple[str, dict[str, Any]]] = None,
+        self, alert_id: str, by: str, *, time: Optional[str] = None, outbox: Sequence[OutboxMessage] = (),
     ) -> bool:
         """Mark an alert acknowledged; False if it already was (then nothing is queued)."""
         with self._tx() as conn:
@@ -918,8 +925,8 @@ class SessionStore:
                 "UPDATE alerts SET acknowledged_at = ?, acknowledged_by = ? WHERE id = ?",
                 (time or now_iso(), by, alert_id),
             )
-            if outbox is not None:
-                self._enqueue(conn, alert_id, *outbox)
+            for message in outbox:
+                self._enqueue(conn, alert_id, *message)
         return True
 
     def alert_ids_starting(self, prefix: str, limit: int = 10) -> list[str]:
@@ -948,17 +955,25 @@ class SessionStore:
         return [_decode_data(r) for r in self._all(f"SELECT * FROM alerts {clause} ORDER BY time, rowid", params)]
 
     @staticmethod
-    def _enqueue(conn: sqlite3.Connection, alert_id: Optional[str], key: str, payload: dict[str, Any]) -> None:
+    def _enqueue(conn: sqlite3.Connection, alert_id: Optional[str], channel: str, key: str,
+                 payload: dict[str, Any]) -> None:
+        if channel not in OUTBOX_CHANNELS:
+            raise InvalidRecordError(f"an outbox channel is one of {OUTBOX_CHANNELS}, got {channel!r}")
         conn.execute(
-            "INSERT INTO outbox (key, alert_id, payload, created_at) VALUES (?, ?, ?, ?)",
-            (key, alert_id, json.dumps(payload), now_iso()),
+            "INSERT INTO outbox (key, alert_id, payload, created_at, channel) VALUES (?, ?, ?, ?, ?)",
+            (key, alert_id, json.dumps(payload), now_iso(), channel),
         )
 
-    def next_outbox(self) -> Optional[OutboxEntry]:
-        """The oldest entry not yet delivered, or None."""
+    def enqueue_message(self, channel: str, key: str, payload: dict[str, Any]) -> None:
+        """Queue a message that belongs to no alert (a session summary) for ``channel``."""
+        with self._tx() as conn:
+            self._enqueue(conn, None, channel, key, payload)
+
+    def next_outbox(self, channel: str = "webhook") -> Optional[OutboxEntry]:
+        """The channel's oldest entry not yet delivered, or None."""
         row = self._one(
             "SELECT seq, key, alert_id, payload, attempts FROM outbox "
-            "WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+            "WHERE delivered_at IS NULL AND channel = ? ORDER BY seq LIMIT 1", (channel,)
         )
         if row is None:
             return None
@@ -980,8 +995,10 @@ class SessionStore:
                 (now_iso(), error[:500], seq),
             )
 
-    def outbox_pending(self) -> int:
-        return int(self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0])
+    def outbox_pending(self, channel: Optional[str] = None) -> int:
+        if channel is None:
+            return int(self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0])
+        return int(self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND channel = ?", (channel,))[0])
 
     def outbox_rows(self) -> list[dict[str, Any]]:
         """Every outbox row, oldest first (for status and tests)."""

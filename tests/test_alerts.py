@@ -356,7 +356,7 @@ def test_a_redirect_is_not_a_delivery(store):
         outbox = WebhookOutbox(store, receiver.url, timeout_s=2.0)
         store.insert_alert(alert_id="a1", time="2024-05-01T10:00:00+00:00", kind="estop", priority="high",
                            message="e-stop", session_id=None, data={},
-                           outbox=("k1", {"event": RAISED, "idempotency_key": "k1", "alert": {"id": "a1"}}))
+                           outbox=[("webhook", "k1", {"event": RAISED, "idempotency_key": "k1", "alert": {"id": "a1"}})])
         assert outbox.deliver_one() is False
         assert "302" in store.outbox_rows()[0]["last_error"]
         assert outbox.deliver_one() is True

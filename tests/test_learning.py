@@ -293,18 +293,24 @@ def test_outcomes_and_rules_are_stored_and_erased_with_the_child(tmp_path: Path)
 
 
 def test_a_version_2_store_migrates_with_its_sessions(tmp_path: Path):
+    from relaxd.store import _MIGRATIONS
+
     path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # what relaxd with schema 2 left behind
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for version in (1, 2):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?, '2026-01-01T00:00:00.000+00:00')", (version,))
+        conn.execute("INSERT INTO profiles (pseudonym, created_at, updated_at) VALUES ('kid-old', 'x', 'x')")
+        conn.execute("INSERT INTO sessions (profile_id, scenario, started_at) VALUES (1, 'sunset', "
+                     "'2026-01-01T00:00:00.000+00:00')")
+        conn.execute("INSERT INTO outbox (key, payload, created_at) VALUES ('k-old', '{}', 'x')")
     store = SessionStore(path)
-    kid = store.create_profile("kid-old")
-    session = store.start_session(kid.id, "sunset")
-    store.close()
-    with sqlite3.connect(path) as conn:  # back to what relaxd with schema 2 left behind
-        conn.execute("DROP TABLE scenario_outcomes")
-        conn.execute("DROP TABLE scenario_rules")
-        conn.execute("DELETE FROM schema_version WHERE version = 3")
-    store = SessionStore(path)
-    assert store.schema_version() == 3 and store.get_session(session).scenario == "sunset"
-    store.add_scenario_outcome(session, kid.id, ScenarioOutcome("sunset", ChosenBy.OPERATOR, 5.0, None, 0.0,
-                                                                False, False).to_dict())
-    assert len(store.scenario_outcomes(session_id=session)) == 1
+    assert store.schema_version() == max(_MIGRATIONS) and store.get_session(1).scenario == "sunset"
+    store.add_scenario_outcome(1, 1, ScenarioOutcome("sunset", ChosenBy.OPERATOR, 5.0, None, 0.0,
+                                                     False, False).to_dict())
+    assert len(store.scenario_outcomes(session_id=1)) == 1
+    assert store.next_outbox("webhook").key == "k-old"  # an old undelivered webhook row is still the webhook's
+    assert store.next_outbox("mqtt") is None
     store.close()
