@@ -46,15 +46,15 @@ def free_port() -> int:
 class Mosquitto:
     """One broker process; ``stop()`` and ``start()`` again keep its port and its persisted sessions."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, users: Optional[dict[str, str]] = None, acl: str = ACL) -> None:
         self.folder = folder
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
         passwd = folder / "passwd"
-        passwd.touch()
-        for user, password in USERS.items():
-            subprocess.run([_passwd_tool(), "-b", str(passwd), user, password], check=True, capture_output=True)
-        (folder / "acl").write_text(ACL, encoding="utf-8")
+        passwd.write_text("".join(f"{user}:{password}\n" for user, password in (users or USERS).items()),
+                          encoding="utf-8")
+        subprocess.run([_passwd_tool(), "-U", str(passwd)], check=True, capture_output=True)  # hash them all
+        (folder / "acl").write_text(acl, encoding="utf-8")
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -101,14 +101,15 @@ class Subscriber:
     """A paho client as a supervisor's dashboard: every message it gets, in order, as (topic, payload)."""
 
     def __init__(self, broker: Mosquitto, user: str = "supervisor", *, topics: tuple[str, ...] = ("relaxd/#",),
-                 client_id: str = "dashboard", persistent: bool = False) -> None:
+                 client_id: str = "dashboard", persistent: bool = False, password: Optional[str] = None) -> None:
         import paho.mqtt.client as paho
 
         self.messages: "queue.Queue[tuple[str, Any, bool]]" = queue.Queue()
         self.seen: list[tuple[str, Any, bool]] = []
+        self.received_at: list[float] = []  # wall clock of each arrival, in arrival order
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
                                   clean_session=not persistent)
-        self.client.username_pw_set(user, USERS[user])
+        self.client.username_pw_set(user, password or USERS[user])
         self.client.reconnect_delay_set(0.1, 0.5)
         self.topics = topics
 
@@ -118,6 +119,7 @@ class Subscriber:
                     client.subscribe(topic, qos=1)
 
         def on_message(client, userdata, message):
+            self.received_at.append(time.time())
             try:
                 payload: Any = json.loads(message.payload.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):

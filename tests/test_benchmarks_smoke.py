@@ -178,3 +178,20 @@ def test_cpu_benchmark_refuses_nonsense_arguments(capsys):
         bench.main(["--seconds", "0"])
     assert exit_info.value.code == 2
     assert "--seconds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fleet_benchmark_delivers_every_alert_once_and_measures_the_added_cpu(capsys):
+    pytest.importorskip("paho.mqtt.client")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from brokerkit import mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    bench = load_benchmark("bench_fleet")
+    assert bench.main(["--chairs", "2", "--seconds", "3", "--alert-interval", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["chairs"] == 2 and result["alerts_raised"] >= 4
+    assert result["alerts_received"] == result["alerts_raised"] and result["duplicates"] == 0
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
+    assert set(result["added_cpu_share_of_one_core"]) == {"mean", "max"}

@@ -232,3 +232,31 @@ def test_discovery_offers_an_acknowledge_button_only_when_ack_is_allowed():
     assert with_ack - without == {"acknowledge"}
     assert {"state", "affect", "problem", "alarm", "estop", "light", "sound", "vibration"} <= without
     assert state_payload({"session": {"id": 3, "profile": "kid-x"}, "levels": {}})["in_session"] is True
+
+
+def test_the_centres_example_acl_keeps_each_chair_to_its_own_topics(tmp_path, tiny_model, clip):
+    """deploy/centre/acl as shipped: a chair announces itself, dashboards read it, another chair cannot command it."""
+    acl = (Path(__file__).resolve().parents[1] / "deploy" / "centre" / "acl").read_text(encoding="utf-8")
+    users = {"chair-a": USERS["chair-a"], "chair-b": "chair-b-secret", "supervisor": USERS["supervisor"],
+             "homeassistant": "ha-secret"}
+    folder = tmp_path / "centre"
+    folder.mkdir()
+    broker = Mosquitto(folder, users=users, acl=acl).start()
+    home = Subscriber(broker, "homeassistant", topics=("relaxd/#", "homeassistant/#"), client_id="ha",
+                      password="ha-secret")
+    intruder = Subscriber(broker, "chair-b", topics=("relaxd/chair-b/#",), client_id="chair-b",
+                          password="chair-b-secret")
+    chair, thread = run_chair(tmp_path, tiny_model, clip, mqtt_settings(broker, tmp_path))
+    try:
+        home.wait_for(lambda t, p: t == f"{BASE}/state")
+        home.wait_for(lambda t, p: t == "homeassistant/button/relaxd_chair-a/estop/config")
+        intruder.publish(f"{BASE}/command/estop", {"by": "chair-b"})
+        time.sleep(1.0)
+        assert not chair.latch.latched, "another chair's login commanded this chair"
+        home.publish(f"{BASE}/command/estop", {"by": "home-assistant"})
+        assert wait_for(lambda: chair.latch.latched, timeout=5)
+    finally:
+        stop_chair(chair, thread)
+        for client in (home, intruder):
+            client.close()
+        broker.stop()
