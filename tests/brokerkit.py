@@ -46,9 +46,11 @@ def free_port() -> int:
 class Mosquitto:
     """One broker process; ``stop()`` and ``start()`` again keep its port and its persisted sessions."""
 
-    def __init__(self, folder: Path, users: Optional[dict[str, str]] = None, acl: str = ACL) -> None:
+    def __init__(self, folder: Path, users: Optional[dict[str, str]] = None, acl: str = ACL,
+                 tls: bool = False) -> None:
         self.folder = folder
         self.port = free_port()
+        self.tls_port = free_port() if tls else None  # a second listener, TLS with make_certificates()
         self.process: Optional[subprocess.Popen] = None
         passwd = folder / "passwd"
         passwd.write_text("".join(f"{user}:{password}\n" for user, password in (users or USERS).items()),
@@ -66,6 +68,11 @@ class Mosquitto:
             "user root\n"  # ignored unless started as root, where it would drop to 'mosquitto' and lose the files
             f"log_dest file {folder / 'mosquitto.log'}\n"
             "log_type all\n", encoding="utf-8")
+        if tls:
+            self.ca_file = make_certificates(folder)
+            with self.config.open("a", encoding="utf-8") as config:
+                config.write(f"listener {self.tls_port} 127.0.0.1\ncafile {self.ca_file}\n"
+                             f"certfile {folder / 'broker.crt'}\nkeyfile {folder / 'broker.key'}\n")
 
     def start(self) -> "Mosquitto":
         self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
@@ -91,6 +98,23 @@ class Mosquitto:
     def log(self) -> str:
         path = self.folder / "mosquitto.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def make_certificates(folder: Path) -> Path:
+    """A test CA and a broker certificate for 127.0.0.1 signed by it (openssl); also ``other-ca.crt``,
+    a CA that signed nothing here. Returns the CA's certificate."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                "-days", "2", "-subj", f"/CN=relaxd test {ca}")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "broker.crt", "-days", "2", "-extfile", "san.ext")
+    return folder / "ca.crt"
 
 
 def _passwd_tool() -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -167,6 +168,35 @@ def test_wrong_credentials_or_a_refused_tls_handshake_say_why_and_the_chair_runs
         assert chair.status()["health"]["mqtt"]["error"] == chair.mqtt.error
     finally:
         stop_chair(chair, thread)
+
+
+def test_tls_with_the_centres_ca_connects_and_another_ca_is_refused(tmp_path, tiny_model, clip):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the test certificates")
+    folder = tmp_path / "tls-broker"
+    folder.mkdir()
+    broker = Mosquitto(folder, tls=True).start()
+    dashboard = Subscriber(broker)  # on the plain listener
+    try:
+        good = mqtt_settings(broker, tmp_path, port=broker.tls_port, tls=True, ca_file=str(broker.ca_file))
+        chair, thread = run_chair(tmp_path, tiny_model, clip, good)
+        try:
+            assert wait_for(lambda: chair.mqtt.connected, timeout=10), chair.mqtt.error
+            dashboard.wait_for(lambda t, p: t == f"{BASE}/state")
+        finally:
+            stop_chair(chair, thread)
+        wrong = dataclasses.replace(good, ca_file=str(folder / "other-ca.crt"))
+        chair, thread = run_chair(tmp_path / "other", tiny_model, clip, wrong) if (tmp_path / "other").mkdir() is None \
+            else (None, None)
+        try:
+            assert wait_for(lambda: chair.mqtt.error is not None, timeout=10)
+            assert "the TLS handshake failed" in chair.mqtt.error and not chair.mqtt.connected
+            assert chair.watchdog.healthy
+        finally:
+            stop_chair(chair, thread)
+    finally:
+        dashboard.close()
+        broker.stop()
 
 
 def test_a_remote_estop_trips_the_latch_and_bad_commands_are_ignored_with_a_log_line(broker, tmp_path, tiny_model,
