@@ -216,9 +216,9 @@ class ControllerSettings:
     reading_timeout_s: float = ranged(3.0, 0.5, 60.0, "no affect reading at all this long while stimulating = fault (vision stalled)")
     learn: bool = field(default=True, metadata={"doc": "when neither the operator nor the profile names a scenario, the "
                                                 "learner chooses one for the child and may switch within the session"})
-    reassess_s: float = ranged(60.0, 10.0, 900.0, "every this many seconds of a learner-chosen scenario, the affect is "
+    reassess_s: float = ranged(30.0, 10.0, 900.0, "every this many seconds of a learner-chosen scenario, the affect is "
                                "reassessed: persistent negative switches to another scenario")
-    switch_negative_share: float = ranged(0.5, 0.1, 1.0, "switch when at least this share of the face readings of the "
+    switch_negative_share: float = ranged(0.3, 0.1, 1.0, "switch when at least this share of the face readings of the "
                                           "last reassessment interval were negative")
     crossfade_s: float = ranged(8.0, 1.0, 60.0, "a switch cross-fades light and vibration, and the sound out and in, "
                                 "over this many seconds")
