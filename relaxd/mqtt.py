@@ -67,7 +67,7 @@ class MqttError(RelaxdError):
 
 @dataclass(frozen=True)
 class Topics:
-    """Every topic of one chair."""
+    """Every topic of one chair, under ``<topic_prefix>/<chair_id>``."""
 
     base: str
 
@@ -75,10 +75,29 @@ class Topics:
     def of(cls, settings: MqttSettings, chair_id: str) -> "Topics":
         return cls(f"{settings.topic_prefix.strip('/')}/{chair_id}")
 
-    def __getattr__(self, name: str) -> str:  # availability, state, health, alarms, alert, session
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return f"{self.base}/{name}"
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/health"
+
+    @property
+    def alarms(self) -> str:
+        return f"{self.base}/alarms"
+
+    @property
+    def alert(self) -> str:
+        return f"{self.base}/alert"
+
+    @property
+    def session(self) -> str:
+        return f"{self.base}/session"
 
     def command(self, name: str) -> str:
         return f"{self.base}/command/{name}"
@@ -106,7 +125,7 @@ def state_payload(status: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def health_payload(status: dict[str, Any], mqtt_ok: bool = True) -> dict[str, Any]:
+def health_payload(status: dict[str, Any]) -> dict[str, Any]:
     parts = {name: bool(part.get("ok")) for name, part in (status.get("health") or {}).items()}
     return {"ok": all(parts.values()), "parts": parts}
 

@@ -154,7 +154,8 @@ class ScenarioLearner:
             text = f"calmed in {len(calmed)} of the last {len(recent)} sessions with it"
             if calmed:
                 text += f" (median {statistics.median(calmed):.0f} s to calm)"
-            best = max(self.allowed(), key=lambda n: self.estimates()[n])
+            estimates = self.estimates()
+            best = max(self.allowed(), key=lambda n: estimates[n])
             if best != name and len(own) < 3:
                 text += f"; trying it again: too few sessions to rule it out against {best}"
             return text
