@@ -290,3 +290,40 @@ def test_the_centres_example_acl_keeps_each_chair_to_its_own_topics(tmp_path, ti
         for client in (home, intruder):
             client.close()
         broker.stop()
+
+
+def test_a_killed_daemon_shows_as_offline_through_the_brokers_last_will(broker, tmp_path):
+    """SIGKILL leaves no chance to say goodbye: the broker must publish the will after the keep-alive."""
+    import signal
+    import subprocess
+    import sys
+
+    settings = mqtt_settings(broker, tmp_path, keepalive_s=5)
+    script = (
+        "import sys, time\n"
+        "from relaxd.mqtt import MqttBridge\n"
+        "from relaxd.settings import MqttSettings\n"
+        "from relaxd.store import SessionStore\n"
+        f"settings = MqttSettings(**{dataclasses.asdict(settings)!r})\n"
+        f"store = SessionStore({str(tmp_path / 'killed.db')!r})\n"
+        "bridge = MqttBridge(settings, status=lambda: {'state': 'running'}, command=lambda c, a: None, store=store)\n"
+        "bridge.start()\n"
+        "while not bridge.connected: time.sleep(0.05)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n")
+    dashboard = Subscriber(broker, client_id="watcher")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # its log lines first
+            if line.strip() == "up":
+                break
+        dashboard.wait_for(lambda t, p: t == f"{BASE}/availability" and p == "online")
+        process.send_signal(signal.SIGKILL)
+        process.wait(5)
+        started = time.monotonic()
+        dashboard.wait_for(lambda t, p: t == f"{BASE}/availability" and p == "offline", timeout=15)
+        assert time.monotonic() - started < 1.5 * settings.keepalive_s + 3.0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        dashboard.close()
