@@ -64,6 +64,8 @@ def test_the_shipped_scenarios_differ_in_what_children_differ_in():
     assert any(not f.vibration and not f.sound for f in features.values())
     assert features["quiet-glow"].describe() == "warm light, no sound, no vibration, very slow"
     assert features["calm-sea"].vector() == (1.0, 1.0, 0.0, 1.0)
+    assert features["forest-breath"].warmth is Warmth.COOL  # greens are cool, by hue
+    assert len({f.vector() for f in features.values()}) == len(features), "two scenarios a child cannot tell apart"
 
 
 def test_features_are_derived_from_the_phases():

@@ -41,6 +41,7 @@ Decisions made here:
 
 from __future__ import annotations
 
+import colorsys
 import difflib
 import math
 import os
@@ -242,6 +243,16 @@ class Tempo(str, Enum):
         return self.value
 
 
+WARM_HUES_DEG = (300.0, 90.0)  # from magenta through red and orange to yellow-green: warm light
+
+
+def is_warm(colour: RGB) -> bool:
+    """A colour's hue lies between magenta and yellow-green (a grey counts as cool)."""
+    hue, saturation, _ = colorsys.rgb_to_hsv(*colour)
+    degrees = hue * 360.0
+    return saturation > 0.1 and (degrees >= WARM_HUES_DEG[0] or degrees < WARM_HUES_DEG[1])
+
+
 VERY_SLOW_PERIOD_S = 20.0  # mean cycle of the light, vibration and sound pulses at or above this: very slow
 
 
@@ -251,21 +262,20 @@ class ScenarioFeatures:
 
     vibration: bool  # some phase vibrates
     sound: bool  # some phase is audible
-    warmth: Warmth  # warm (red above blue, on average over the colours) or cool light
+    warmth: Warmth  # warm (most colours red, orange, yellow or magenta) or cool (green, blue, violet)
     tempo: Tempo  # slow or very slow cycles (light cross-fades, vibration waves, sound pulses)
 
     @classmethod
     def of(cls, phases: tuple["Phase", ...]) -> "ScenarioFeatures":
         colours = [colour for phase in phases for colour in phase.light.colours]
-        red = sum(c[0] for c in colours) / len(colours)
-        blue = sum(c[2] for c in colours) / len(colours)
+        warm = sum(is_warm(colour) for colour in colours)
         periods = [p for phase in phases
                    for p in (phase.light.period_s, phase.vibration.period_s, phase.sound.period_s) if p > 0]
         mean_period = sum(periods) / len(periods) if periods else math.inf  # nothing cycles: very slow
         return cls(
             vibration=any(phase.vibration.pattern != "off" and phase.vibration.level > 0 for phase in phases),
             sound=any(phase.sound.kind != "silence" and phase.sound.volume > 0 for phase in phases),
-            warmth=Warmth.WARM if red > blue else Warmth.COOL,
+            warmth=Warmth.WARM if 2 * warm > len(colours) else Warmth.COOL,
             tempo=Tempo.VERY_SLOW if mean_period >= VERY_SLOW_PERIOD_S else Tempo.SLOW,
         )
 
