@@ -490,6 +490,31 @@ def test_warm_restart_starts_from_the_checkpoint_weights(trained_run, split_data
 
 
 @pytest.mark.slow
+def test_a_warm_restart_with_sgd_and_frozen_batchnorm_keeps_the_batchnorm_as_trained(trained_run, split_data,
+                                                                                    tmp_path):
+    """The recipe that keeps FER val on a warm restart: SGD moves the weights, BatchNorm stays as it was."""
+    import keras
+
+    run = tmp_path / "sgd"
+    base = keras.models.load_model(trained_run / "best.keras")
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+                 "--init-from", str(trained_run / "best.keras"), "--optimizer", "sgd", "--freeze-batchnorm",
+                 "--learning-rate", "0.01", "--no-augment"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["settings"]["optimizer"] == "sgd" and state["settings"]["freeze_batchnorm"] is True
+    warm = keras.models.load_model(run / "last.keras")
+    assert type(warm.optimizer).__name__ == "SGD"
+    moved = False
+    for before, after in zip(base.layers, warm.layers):
+        for a, b in zip(before.get_weights(), after.get_weights()):
+            if isinstance(before, keras.layers.BatchNormalization):
+                np.testing.assert_array_equal(a, b)  # statistics, scale and shift: untouched
+            else:
+                moved = moved or not np.array_equal(a, b)
+    assert moved, "SGD at 0.01 moved no weight at all"
+
+
+@pytest.mark.slow
 def test_warm_restart_refuses_another_architecture(trained_run, split_data, tmp_path, capsys):
     assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "w"), "--arch", "model1",
                  "--init-from", str(trained_run / "best.keras"), "--batch-size", "8"]) == 2

@@ -24,7 +24,7 @@ from relaxd.vision.preprocess import PreprocessSpec
 from relaxd.vision.runtime import without_native_lines
 from relaxd_train.architectures import ARCHITECTURES
 from relaxd_train.augment import AugmentSettings
-from relaxd_train.train import CLASS_WEIGHTINGS, TrainSettings
+from relaxd_train.train import CLASS_WEIGHTINGS, OPTIMIZERS, TrainSettings
 
 
 def on_off(value: str) -> bool:
@@ -58,6 +58,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same --arch) with this run's settings: "
                         "a warm restart of an earlier run; a shipped relaxnet .tflite works too")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                   help="adamw (default), or sgd with momentum 0.9: for warm restarts, where AdamW's first "
+                        "steps cost about 2 points of FER val")
+    p.add_argument("--freeze-batchnorm", action="store_true",
+                   help="keep every BatchNorm layer as trained (with --init-from: the shipped statistics)")
     p.add_argument("--mixup-alpha", type=float, default=defaults.mixup_alpha,
                    help="blend pairs of training faces and labels, Beta(alpha, alpha) (0: off; try 0.2)")
     p.add_argument("--extra-train", type=Path, action="append", default=[], metavar="DIR",
@@ -115,6 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         class_weighting=args.class_weighting, mixup_alpha=args.mixup_alpha, seed=args.seed,
+        optimizer=args.optimizer, freeze_batchnorm=args.freeze_batchnorm,
         preprocess=spec, augment=augment,
     )
     if args.extra_repeat < 1:
