@@ -191,6 +191,8 @@ class Chair:
         self._last_session: Optional[dict[str, Any]] = None
         self._last_reading: Optional[AffectReading] = None
         self.ipc: Optional[ControlServer] = None
+        # One command table for the socket and MQTT: its guards (a profile being erased) hold for both.
+        self.commands = ChairCommands(self, settings.ipc.command_timeout_s)
         self.mqtt: Optional["MqttBridge"] = None
         # What can be rejected (model, cascade, scenarios) loads before any output is opened.
         self.pipeline = VisionPipeline.from_settings(settings)
@@ -220,8 +222,7 @@ class Chair:
             if settings.mqtt.enabled:  # started in run(); stopped before the recorder closes
                 from relaxd.mqtt import MqttBridge
 
-                self.mqtt = MqttBridge(settings.mqtt, status=self.status, store=self.store,
-                                       command=ChairCommands(self, settings.ipc.command_timeout_s).handle)
+                self.mqtt = MqttBridge(settings.mqtt, status=self.status, store=self.store, command=self.commands.handle)
                 self.alerts.add_outbox_listener(self.mqtt.notify)
                 parts.callback(self.mqtt.stop)
             self.grabber = FrameGrabber.from_settings(settings.camera, on_event=self._camera_event,
@@ -343,7 +344,8 @@ class Chair:
             if self.mqtt is not None and self.settings.mqtt.session_summary:
                 from relaxd.mqtt import session_summary
 
-                store.enqueue_message("mqtt", *session_summary(store, session.id, self.mqtt.chair_id))
+                store.enqueue_message("mqtt", *session_summary(store, session.id, self.mqtt.chair_id),
+                                      session_id=session.id)  # erased with the session
                 self.mqtt.notify()
 
         self.recorder.submit("session end", write)
@@ -359,8 +361,10 @@ class Chair:
             self._submit_event(data)
             if event.kind is EventKind.SCENARIO_ENDED:
                 self._submit_outcome(data["data"])
-            if event.kind is EventKind.ADVERSE_REACTION and "scenario" in data["data"]:
-                self._submit_block(data["data"]["scenario"], event.reason)
+            if event.kind is EventKind.ADVERSE_REACTION:
+                for key in ("scenario", "previous_scenario"):
+                    if key in data["data"]:
+                        self._submit_block(data["data"][key], event.reason)
             if event.is_alert:
                 self._alert(data["kind"], data["priority"], event.reason, **data["data"])
             if event.kind in SESSION_ENDS:
@@ -610,8 +614,7 @@ class Chair:
         if path is None:
             log.info("ipc.disabled", why="ipc.socket is empty")
             return
-        commands = ChairCommands(self, self.settings.ipc.command_timeout_s)
-        self.ipc = ControlServer(path, commands.handle, self.settings.ipc).start()
+        self.ipc = ControlServer(path, self.commands.handle, self.settings.ipc).start()
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+import structlog
+
 from relaxd.control.controller import CommandRejected, ScenarioSwitcher
 from relaxd.control.learner import ChildRules, PastSegment, ScenarioLearner, Suggestion, seed_for
 from relaxd.control.outcome import ChosenBy
 from relaxd.control.scenarios import Scenario
 from relaxd.settings import ControllerSettings
 from relaxd.store import OutcomeRecord, Profile, SessionStore
+
+log = structlog.get_logger(__name__)
 
 
 class NoScenarioAllowed(CommandRejected):
@@ -46,10 +50,18 @@ def learner_for(store: SessionStore, scenarios: Mapping[str, Scenario], pseudony
 
 
 def switcher_of(learner: ScenarioLearner) -> ScenarioSwitcher:
-    """Within a session: another scenario the learner picks, never one already tried in it."""
+    """Within a session: another scenario the learner picks, never one already tried in it.
+
+    It runs on the control loop: a failure of the learner keeps the scenario (and says so in
+    the journal), it never stops the loop.
+    """
 
     def switch(current: str, tried: frozenset) -> Optional[tuple[str, str]]:
-        suggestion = learner.suggest(avoid=tried | {current})
+        try:
+            suggestion = learner.suggest(avoid=tried | {current})
+        except Exception:  # a numerical failure of the draw: stay on the scenario
+            log.exception("learner.switch_failed", scenario=current)
+            return None
         return None if suggestion is None else (suggestion.scenario, suggestion.why)
 
     return switch
@@ -74,10 +86,19 @@ class StartPlan:
 
 def plan_start(store: SessionStore, scenarios: Mapping[str, Scenario], settings: ControllerSettings,
                pseudonym: str, profile: Optional[Profile]) -> StartPlan:
-    """The profile's preferred scenario, else the learner's choice (when learning is on), else the default."""
-    if profile is not None and profile.preferred_scenario:
+    """The profile's preferred scenario, else the learner's choice (when learning is on), else the default.
+
+    A preferred scenario that a therapist has since excluded, or that a halt blocked, is passed
+    over for the learner's choice; the default with learning off is refused then.
+    """
+    rules = child_rules(store, profile)
+    unusable = set(rules.excluded) | set(rules.blocked)
+    if profile is not None and profile.preferred_scenario and profile.preferred_scenario not in unusable:
         return StartPlan(profile.preferred_scenario, ChosenBy.PROFILE, "the child's preferred scenario (profile)")
     if not settings.learn:
+        if settings.default_scenario in unusable:
+            raise NoScenarioAllowed(f"the chair's default {settings.default_scenario!r} is excluded or blocked for "
+                                    f"{pseudonym!r} and learning is off (control.learn): name a scenario to start")
         return StartPlan(settings.default_scenario, ChosenBy.DEFAULT, "the chair's default scenario (learning is off)")
     learner = learner_for(store, scenarios, pseudonym, profile)
     suggestion = learner.suggest()

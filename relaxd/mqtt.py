@@ -237,6 +237,7 @@ class MqttBridge:
         self.error: Optional[str] = None  # the last connection problem, in words
         self.failures = 0
         self.delivered = 0
+        self._pending: Optional[int] = None  # undelivered MQTT outbox rows, counted by the publisher thread
 
     def _make_client(self, paho: Any, password: Optional[str]) -> Any:
         settings = self.settings
@@ -301,12 +302,15 @@ class MqttBridge:
         return self._connected.is_set()
 
     def health(self) -> dict[str, Any]:
-        try:
-            pending = self._store.outbox_pending("mqtt")
-        except StoreError:
-            pending = None
+        """For ``Chair.status()``: from memory, never from the store (status must not wait on it)."""
         return {"ok": self.connected, "connected": self.connected, "broker": f"{self.settings.host}:{self.settings.port}",
-                "error": self.error, "pending_alerts": pending, "delivered": self.delivered}
+                "error": self.error, "pending_alerts": self._pending, "delivered": self.delivered}
+
+    def _count_pending(self) -> None:
+        try:
+            self._pending = self._store.outbox_pending("mqtt")
+        except StoreError:
+            self._pending = None
 
     # ------------------------------------------------------------------ paho callbacks (its network thread)
 
@@ -341,13 +345,26 @@ class MqttBridge:
             log.warning("mqtt.disconnected", why=str(reason))
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            self._take_command(message)
+        except Exception:  # never into paho's loop: it would end the connection's thread
+            log.exception("mqtt.command_failed", topic=getattr(message, "topic", None))
+
+    def _take_command(self, message: Any) -> None:
+        if message.retain:  # a command left on the broker would run again at every reconnect
+            log.warning("mqtt.command_refused", topic=message.topic,
+                        why="retained command ignored: publish commands without the retain flag")
+            return
         name = message.topic.rsplit("/", 1)[-1]
         if name not in self.settings.commands:
             log.warning("mqtt.command_refused", topic=message.topic,
                         why=f"{name!r} is not in mqtt.commands ({', '.join(self.settings.commands)})")
             return
+        if not message.payload:  # what clearing a retained message delivers; a command is a JSON object
+            log.warning("mqtt.command_malformed", topic=message.topic, why="empty payload: send a JSON object")
+            return
         try:
-            args = json.loads(message.payload.decode("utf-8")) if message.payload else {}
+            args = json.loads(message.payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             log.warning("mqtt.command_malformed", topic=message.topic, why=f"not a JSON object: {error}")
             return
@@ -369,7 +386,10 @@ class MqttBridge:
             item = self._commands.get()
             if item is None or self._stopping.is_set():
                 return
-            self._run_command(*item)
+            try:
+                self._run_command(*item)
+            except Exception:  # a bug in one command must not end the command thread
+                log.exception("mqtt.command_failed", command=item[0])
 
     def _run_command(self, name: str, args: dict[str, Any]) -> None:
         by = f"mqtt:{args.get('by')}" if isinstance(args.get("by"), str) and args.get("by") else "mqtt"
@@ -398,6 +418,15 @@ class MqttBridge:
             self._command("ack", {"id": alarm_id, "by": by})
 
     def _run(self) -> None:
+        """``_publish_and_deliver`` until stopped; an unexpected error is logged and retried, never fatal."""
+        while not self._stopping.is_set():
+            try:
+                self._publish_and_deliver()
+            except Exception:
+                log.exception("mqtt.publisher_failed")
+                self._stopping.wait(self.settings.retry_initial_s)
+
+    def _publish_and_deliver(self) -> None:
         """Publish state on change and send the outbox, oldest first, while connected."""
         backoff = 0.0
         next_state = 0.0
@@ -413,6 +442,7 @@ class MqttBridge:
                 if sent is False:
                     backoff = min(self.settings.retry_max_s,
                                   self.settings.retry_initial_s * 2 ** min(self.failures - 1, 20))
+            self._count_pending()
             wait = max(0.0, min(next_state - time.monotonic(), backoff or self.settings.state_interval_s))
             started = time.monotonic()
             self._wake.wait(wait if self._connected.is_set() else 0.5)

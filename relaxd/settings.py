@@ -196,7 +196,7 @@ class StoreSettings:
 class ControllerSettings:
     """The relaxation state machine (relaxd.control.controller): every threshold and time."""
 
-    scenarios_file: str = text("", "scenario YAML file; empty = the shipped default scenarios")
+    scenarios_file: str = text("", "a therapist's scenario YAML file, added to the shipped scenarios; empty = only the shipped ones")
     default_scenario: str = text("calm-sea", "scenario used when neither the operator nor the child's profile names one")
     calibration_s: float = ranged(15.0, 0.0, 300.0, "starting: seconds of baseline affect at the start level before the rules may raise")
     step: float = ranged(0.1, 0.01, 0.5, "intensity change of one raise or lower (intensity is 0..1)")

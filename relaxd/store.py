@@ -214,6 +214,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # rows and delivers them in its own order, so a broker outage never holds up the webhook.
     4: (
         "ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook'",
+        # A message of a session (an MQTT session summary) goes with it on erasure.
+        "ALTER TABLE outbox ADD COLUMN session_id INTEGER REFERENCES sessions(id) ON DELETE CASCADE",
         "CREATE INDEX outbox_pending_by_channel ON outbox(channel, delivered_at, seq)",
     ),
 }
@@ -956,18 +958,20 @@ class SessionStore:
 
     @staticmethod
     def _enqueue(conn: sqlite3.Connection, alert_id: Optional[str], channel: str, key: str,
-                 payload: dict[str, Any]) -> None:
+                 payload: dict[str, Any], session_id: Optional[int] = None) -> None:
         if channel not in OUTBOX_CHANNELS:
             raise InvalidRecordError(f"an outbox channel is one of {OUTBOX_CHANNELS}, got {channel!r}")
         conn.execute(
-            "INSERT INTO outbox (key, alert_id, payload, created_at, channel) VALUES (?, ?, ?, ?, ?)",
-            (key, alert_id, json.dumps(payload), now_iso(), channel),
+            "INSERT INTO outbox (key, alert_id, payload, created_at, channel, session_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (key, alert_id, json.dumps(payload), now_iso(), channel, session_id),
         )
 
-    def enqueue_message(self, channel: str, key: str, payload: dict[str, Any]) -> None:
-        """Queue a message that belongs to no alert (a session summary) for ``channel``."""
+    def enqueue_message(self, channel: str, key: str, payload: dict[str, Any], *,
+                        session_id: Optional[int] = None) -> None:
+        """Queue a message that belongs to no alert for ``channel``; one that names a child (a
+        session summary) belongs to its session and is erased with it."""
         with self._tx() as conn:
-            self._enqueue(conn, None, channel, key, payload)
+            self._enqueue(conn, None, channel, key, payload, session_id)
 
     def next_outbox(self, channel: str = "webhook") -> Optional[OutboxEntry]:
         """The channel's oldest entry not yet delivered, or None."""

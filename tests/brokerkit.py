@@ -131,6 +131,7 @@ class Subscriber:
         self.messages: "queue.Queue[tuple[str, Any, bool]]" = queue.Queue()
         self.seen: list[tuple[str, Any, bool]] = []
         self.received_at: list[float] = []  # wall clock of each arrival, in arrival order
+        self.dup_flags: list[bool] = []  # the broker's DUP flag of each arrival (a redelivery)
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
                                   clean_session=not persistent)
         self.client.username_pw_set(user, password or USERS[user])
@@ -144,6 +145,7 @@ class Subscriber:
 
         def on_message(client, userdata, message):
             self.received_at.append(time.time())
+            self.dup_flags.append(bool(message.dup))
             try:
                 payload: Any = json.loads(message.payload.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):

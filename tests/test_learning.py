@@ -140,6 +140,36 @@ def test_switches_never_exceed_the_cap_and_the_e_stop_and_halt_work_mid_cross_fa
     assert chair.tick().targets.is_off()
 
 
+def test_a_halt_or_stop_in_the_middle_of_a_cross_fade_never_raises_a_channel():
+    """The fade to off starts from the blend the child is in, not from the new scenario's look."""
+    keep_level = dataclasses.replace(LEARNING, lower_interval_s=60.0, crossfade_s=8.0)
+    strong = ChildProfile("strong", intensity_cap=0.6, start_intensity=0.6)
+    for ending in ("halt", "stop"):
+        chair = learner_chair(Switcher(to="calm-sea"), settings=keep_level, profile=strong)
+        chair.controller._session.scenario = SCENARIOS["quiet-glow"]  # start from silence, no vibration
+        chair.feed(keep_level.reassess_s, "negative", confidence=0.6)
+        assert chair.controller.scenario == "calm-sea", "no switch happened"
+        chair.feed(0.5, "negative", confidence=0.6)  # half a second into the cross-fade
+        before = chair.outputs[-1].targets
+        if ending == "halt":
+            (halt,) = [e for e in chair.feed(1 / RATE, "negative", confidence=0.97)
+                       if e.kind == EventKind.ADVERSE_REACTION]
+            assert (halt.data["scenario"], halt.data["previous_scenario"]) == ("calm-sea", "quiet-glow")
+        else:
+            chair.command("stop")
+        after = [o.targets for o in chair.outputs[-1:]] + [chair.tick().targets for _ in range(3 * RATE)]
+        for targets in after:
+            assert targets.light_brightness <= before.light_brightness + 1e-9, ending
+            assert targets.sound.volume <= before.sound.volume + 1e-9, ending
+            assert targets.vibration <= before.vibration + 0.02, ending  # its wave pattern is frozen at the stop
+
+
+def test_a_stop_by_the_chair_itself_records_no_outcome():
+    chair = learner_chair(Switcher())
+    events = chair.controller.stop(chair.now, "camera lost", by_operator=False)
+    assert EventKind.SCENARIO_ENDED not in kinds(events) and EventKind.STOPPED in kinds(events)
+
+
 def test_a_learner_with_nothing_left_to_offer_keeps_the_scenario():
     switcher = Switcher(to=None)
     chair = learner_chair(switcher)
@@ -286,7 +316,11 @@ def test_outcomes_and_rules_are_stored_and_erased_with_the_child(tmp_path: Path)
     assert store.clear_scenario_rule(kid.id, "sunset", "blocked") and not store.clear_scenario_rule(kid.id, "sunset", "blocked")
     assert "scenarios" in store.session_data(session) and store.session_data(session)["scenarios"][0]["reward"] > 0
     store.end_session(session, "stopped")
+    store.enqueue_message("mqtt", "k-summary", {"event": "session.ended", "session": {"profile": "kid-a"}},
+                          session_id=session)
+    assert store.outbox_pending("mqtt") == 1
     store.delete_profile(kid.id, with_sessions=True)
+    assert store.outbox_pending("mqtt") == 0 and all("kid-a" not in r["payload"] for r in store.outbox_rows())
     assert store.scenario_outcomes(profile_id=kid.id) == [] and store.scenario_rules(kid.id) == []
     assert [r.scenario for r in store.scenario_outcomes()] == ["sunset"]  # the other child's stay
     store.close()
@@ -313,4 +347,24 @@ def test_a_version_2_store_migrates_with_its_sessions(tmp_path: Path):
     assert len(store.scenario_outcomes(session_id=1)) == 1
     assert store.next_outbox("webhook").key == "k-old"  # an old undelivered webhook row is still the webhook's
     assert store.next_outbox("mqtt") is None
+    store.close()
+
+
+def test_a_preferred_or_default_scenario_that_is_excluded_or_blocked_is_not_started(tmp_path: Path):
+    from relaxd.learning import NoScenarioAllowed, plan_start
+    from relaxd.settings import ControllerSettings
+
+    store = SessionStore(tmp_path / "relaxd.db")
+    kid = store.create_profile("kid-pref", preferred_scenario="sunset")
+    assert plan_start(store, SCENARIOS, ControllerSettings(), "kid-pref", kid).chosen_by is ChosenBy.PROFILE
+    for rule in ("blocked", "excluded"):
+        store.set_scenario_rule(kid.id, "sunset", rule)
+        plan = plan_start(store, SCENARIOS, ControllerSettings(), "kid-pref", kid)
+        assert plan.chosen_by is ChosenBy.LEARNER and plan.scenario != "sunset", rule
+        store.clear_scenario_rule(kid.id, "sunset", rule)
+    store.set_scenario_rule(kid.id, "calm-sea", "excluded")
+    no_learning = ControllerSettings(learn=False)
+    store.update_profile(kid.id, preferred_scenario=None)
+    with pytest.raises(NoScenarioAllowed, match="default 'calm-sea' is excluded or blocked.*name a scenario"):
+        plan_start(store, SCENARIOS, no_learning, "kid-pref", store.get_profile(kid.id))
     store.close()

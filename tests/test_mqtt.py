@@ -139,8 +139,14 @@ def test_a_broker_restart_mid_session_delivers_every_alert_once_and_in_order(bro
         raise_alert(chair, "a5", "after the outage")
         nurse.wait_for(lambda t, p: p["alert"]["kind"] == "a5", timeout=15)
         nurse.drain(1.0)
-        kinds = [p["alert"]["kind"] for p in alerts_of(nurse)]
-        assert kinds == ["a1", "a2", "a3", "a4", "a5"], kinds  # each once, in the order raised
+        # Each once, in the order raised. The broker may hand the nurse's phone a message again that
+        # it had not seen acknowledged before its own restart (QoS 1 between broker and phone): such a
+        # redelivery carries the DUP flag and the same idempotency key, and is left out here.
+        firsts = [p["alert"]["kind"] for (t, p, _), dup in zip(nurse.seen, nurse.dup_flags)
+                  if t == f"{BASE}/alert" and not dup]
+        assert firsts == ["a1", "a2", "a3", "a4", "a5"], firsts
+        keys = [p["idempotency_key"] for p in alerts_of(nurse)]
+        assert len(set(keys)) == 5  # the chair sent no alert under two keys
         assert chair.store.outbox_pending("mqtt") == 0
     finally:
         stop_chair(chair, thread)
@@ -201,8 +207,11 @@ def test_tls_with_the_centres_ca_connects_and_another_ca_is_refused(tmp_path, ti
 
 def test_a_remote_estop_trips_the_latch_and_bad_commands_are_ignored_with_a_log_line(broker, tmp_path, tiny_model,
                                                                                       clip, capsys):
-    chair, thread = run_chair(tmp_path, tiny_model, clip, mqtt_settings(broker, tmp_path))
     supervisor, viewer = Subscriber(broker), Subscriber(broker, "viewer", client_id="viewer")
+    # A retained e-stop left on the broker would replay at every reconnect of the chair: ignored.
+    supervisor.client.publish(f"{BASE}/command/estop", json.dumps({"by": "long ago"}), qos=1,
+                              retain=True).wait_for_publish(5)
+    chair, thread = run_chair(tmp_path, tiny_model, clip, mqtt_settings(broker, tmp_path))
     try:
         assert wait_for(lambda: chair.mqtt.connected)
         chair.call_in_control_loop(lambda now: (chair.start_session("kid-remote", "calm-sea", now), []), 5.0)
@@ -217,7 +226,10 @@ def test_a_remote_estop_trips_the_latch_and_bad_commands_are_ignored_with_a_log_
         assert chair.session is not None and chair.session.pseudonym == "kid-remote"
         logged = capsys.readouterr()
         text = logged.out + logged.err
-        assert text.count("mqtt.command_refused") >= 2 and text.count("mqtt.command_malformed") >= 3, text[-2000:]
+        assert text.count("mqtt.command_refused") >= 3 and text.count("mqtt.command_malformed") >= 3, text[-2000:]
+        assert "retained command ignored" in text
+        supervisor.client.publish(f"{BASE}/command/estop", b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+        time.sleep(0.3)
 
         supervisor.publish(f"{BASE}/command/estop", {"by": "nurse-station"})
         assert wait_for(lambda: chair.latch.latched, timeout=5)

@@ -224,6 +224,7 @@ class _Fade:
     duration_s: float
     scenario: Scenario
     scenario_time_s: float
+    look: StimulusTargets  # the full-intensity targets at that moment (mid cross-fade: the blend)
 
     def level(self, now: float) -> float:
         if self.duration_s <= 0.0:
@@ -417,6 +418,8 @@ class Controller:
         if self._state == State.IDLE:
             return []
         self._require((*STIMULATING, State.HALTED), "stop")
+        if not by_operator and self._session is not None:
+            self._session.tracker = None  # says nothing about the scenario: no outcome
         self._end_session(now, EventKind.STOPPED, reason, by_operator=by_operator)
         return self._take_events()
 
@@ -492,14 +495,28 @@ class Controller:
             return Output(now, self._state, 0.0, StimulusTargets.off(), None, None, 0.0, events)
         level = self._applied_level(now)
         _, phase, _ = scenario.phase_at(t_s)
-        targets = scenario.targets_at(t_s, level)
-        crossfade = self._session.crossfade if self._state in STIMULATING and self._session else None
-        if crossfade is not None:
-            if crossfade.done(now):
-                self._session.crossfade = None  # type: ignore[union-attr]
+        look = self._fade.look if self._state not in STIMULATING and self._fade is not None else self._look(now)
+        return Output(now, self._state, level, look.scaled(level), scenario.name, phase.name, t_s, events)
+
+    def _look(self, now: float) -> StimulusTargets:
+        """The session's full-intensity targets now: its scenario, or the blend of a cross-fade."""
+        session = self._session
+        assert session is not None
+        targets = session.scenario.targets_at(session.clock.time(now), 1.0)
+        if session.crossfade is not None:
+            if session.crossfade.done(now):
+                session.crossfade = None
             else:
-                targets = crossfade.blend(scenario.targets_at(t_s, 1.0), now).scaled(level)
-        return Output(now, self._state, level, targets, scenario.name, phase.name, t_s, events)
+                targets = session.crossfade.blend(targets, now)
+        return targets
+
+    def _fade_out(self, now: float, duration_s: float) -> "_Fade":
+        """A fade to off from what the child sees, hears and feels now (mid cross-fade: the blend,
+        so no channel jumps up when a halt or a stop lands in a switch)."""
+        session = self._session
+        assert session is not None
+        return _Fade(now, self._applied_level(now), duration_s, session.scenario, session.clock.time(now),
+                     self._look(now))
 
     def _applied_level(self, now: float) -> float:
         """The intensity the actuators get: the working level, the pause level, or a fade."""
@@ -724,6 +741,8 @@ class Controller:
         self._level = min(self._session.profile.start_intensity, self._level_at_halt)
         self._fade = None
         self._session.reassessed_at_s = self._session.clock.time(now)
+        if self._session.tracker is not None:
+            self._session.tracker.take_window()  # the next reassessment counts from the resume
         self._track = _AffectTrack()
         self._last_reading_at = now
         self._resume(now, f"operator resumed {halted_s:.0f} s after the halt")
@@ -732,11 +751,15 @@ class Controller:
         """Adverse reaction: fade to off over halt_fade_s, high-priority alert."""
         session = self._session
         assert session is not None
-        self._fade = _Fade(now, self._applied_level(now), self._settings.halt_fade_s,
-                           session.scenario, session.clock.time(now))
+        # Blocked for this child until a therapist approves: the scenario playing, and in a
+        # cross-fade also the one it leaves (the distress began there).
+        blamed = {"scenario": session.scenario.name}
+        if session.crossfade is not None and not session.crossfade.done(now):
+            blamed["previous_scenario"] = session.crossfade.old.name
+        self._fade = self._fade_out(now, self._settings.halt_fade_s)
         self._halted_at = now
         self._level_at_halt = self._level
-        data = {**data, "scenario": session.scenario.name}  # blocked for this child until a therapist approves
+        data = {**data, **blamed}
         self._enter(State.HALTED, now, EventKind.ADVERSE_REACTION, reason, Priority.HIGH, data)
         if session.tracker is not None:
             session.tracker.halted = True  # the scenario's outcome, whatever follows a resume
@@ -756,8 +779,7 @@ class Controller:
         session = self._session
         self._record_outcome(now, by_operator=by_operator)
         if self._fade is None and session is not None:
-            self._fade = _Fade(now, self._applied_level(now), self._settings.stop_fade_s,
-                               session.scenario, session.clock.time(now))
+            self._fade = self._fade_out(now, self._settings.stop_fade_s)
         self._enter(State.IDLE, now, kind, reason)
         self._session = None
         self._level = 0.0
