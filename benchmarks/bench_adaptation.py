@@ -69,8 +69,11 @@ sessions of each child (all of them when there are fewer than 5): ``learned_time
 sessions in which the scenario the learner chose at the start was the child's best.
 ``diagnostics`` adds what explains them (near-best choices, close calls between a child's two
 best scenarios, outcomes when the learner chose the best or another, switches, halts before
-the first reassessment, the mean intensity the controller played); ``per_session`` holds the
-learning curves.
+the first reassessment, the mean intensity the controller played, two reference choosers with
+hidden knowledge: ``knows_type`` picks by the child's type's likes, ``knows_features`` by the
+child's own feature weights, both without the per-scenario term; and ``discriminability``: how
+far apart a child's best and second-best scenarios score, in sessions a learner would need to
+tell them apart); ``per_session`` holds the learning curves.
 
 **Constraint checks** (``constraint_violations``, each counted from what happened in the
 learned policy): a learner choice (start or switch) that is excluded or blocked for the child;
@@ -158,6 +161,8 @@ BOREDOM_RUN_MAX = 5
 LAST_N = 5
 NEAR_BEST_GAP = 0.25  # diagnostics only: a choice within this affinity of the best counts as near best
 PROBE_EVERY = 10
+DISCRIMINABILITY_REPEATS = 8  # sessions of each of a child's two best scenarios (diagnostics only)
+DISCRIMINABILITY_OFFSET = 10_000  # their draws' session numbers, apart from the simulated sessions'
 ESTOP_PROBE_S, ESTOP_RESUME_AT_S, ESTOP_RESET_AT_S = 20.0, 5.0, 10.0
 TARGET_RATIO = 0.7
 TARGET_BEST_SHARE = 0.8
@@ -299,6 +304,7 @@ class Child:
     profile: ChildProfile
     base_affinity: Mapping[str, float]  # w . features + e, before boredom
     excluded: frozenset[str]
+    weights: tuple[float, ...] = ()  # w, FEATURE_KEYS order (the reference choosers of the diagnostics)
 
     @property
     def pseudonym(self) -> str:
@@ -332,7 +338,7 @@ def make_children(population: Population, scenarios: Mapping[str, Scenario], n: 
             else frozenset()
         cap = float(population.intensity_caps[int(rng.integers(len(population.intensity_caps)))])
         profile = ChildProfile(f"sim{seed}-{i:02d}", intensity_cap=cap, start_intensity=min(0.3, cap))
-        children.append(Child(i, kind, profile, MappingProxyType(affinity), excluded))
+        children.append(Child(i, kind, profile, MappingProxyType(affinity), excluded, tuple(map(float, weights))))
     return children
 
 
@@ -539,6 +545,7 @@ class World:
     starts: dict[int, list[str]] = field(default_factory=dict)
     results: dict[int, list[SessionResult]] = field(default_factory=dict)
     best: dict[int, list[bool]] = field(default_factory=dict)
+    reference_best: dict[str, list[bool]] = field(default_factory=dict)  # chooser -> chose the best, per session
     regret: dict[int, list[float]] = field(default_factory=dict)  # best's affinity - the chosen one's
     best_gap: dict[int, list[float]] = field(default_factory=dict)  # best's affinity - the second best's
     violations: list[str] = field(default_factory=list)
@@ -610,6 +617,10 @@ def simulate(population: Population, children_n: int, sessions_n: int, seed: int
                                      why=suggestion.why, forbidden=forbidden, estop_at=estop_at, probe_rng=rng)
                 best = max(allowed, key=lambda s: (child.base_affinity[s], s))
                 world.best.setdefault(child.index, []).append(suggestion.scenario == best)
+                if session >= sessions_n - LAST_N:
+                    for chooser, likes in (("knows_type", child.kind.likes), ("knows_features", child.weights)):
+                        pick = max(allowed, key=lambda s: (float(np.dot(scenarios[s].features.vector(), likes)), s))
+                        world.reference_best.setdefault(chooser, []).append(pick == best)
                 world.regret.setdefault(child.index, []).append(
                     child.base_affinity[best] - child.base_affinity[suggestion.scenario])
                 second = sorted((child.base_affinity[s] for s in allowed), reverse=True)[1:2]
@@ -652,7 +663,43 @@ def simulate(population: Population, children_n: int, sessions_n: int, seed: int
             first = max(pool, key=lambda s: (child.base_affinity[s], s))
             world.record(child, session, run_session(settings, scenarios, child, affinity_now(world, child, first),
                                                      session, noise, first, ChosenBy.OPERATOR))
-    return summarise(worlds, children, sessions_n, seed, population, probes, settings.reassess_s)
+    result = summarise(worlds, children, sessions_n, seed, population, probes, settings.reassess_s)
+    result["diagnostics"]["discriminability"] = discriminability(settings, scenarios, children, sessions_n, seed)
+    return result
+
+
+def discriminability(settings: ControllerSettings, scenarios: Mapping[str, Scenario], children: Sequence[Child],
+                     sessions_n: int, seed: int) -> dict[str, Any]:
+    """Can outcomes tell a child's best scenario from its second best at all?
+
+    Each child plays its best and its second-best scenario (hidden affinity, not excluded)
+    ``DISCRIMINABILITY_REPEATS`` times each, with fresh draws, at a late session (habituated
+    like the last five), without switching. The gap of the mean rewards, in units of the
+    pooled sd, says how many sessions of EACH a learner would need before the two can be told
+    apart (two-sided 5%, power 80%: 15.7 / d**2); a learner has about five per child in all.
+    """
+    session = max(0, sessions_n - 3)
+    effects, gaps = [], []
+    for child in children:
+        ranked = sorted((s for s in scenarios if s not in child.excluded),
+                        key=lambda s: (-child.base_affinity[s], s))[:2]
+        rewards = []
+        for name in ranked:
+            runs = [run_session(settings, scenarios, child, child.base_affinity, session,
+                                Noise.draw(seed, child.index, DISCRIMINABILITY_OFFSET + k), name, ChosenBy.OPERATOR)
+                    for k in range(DISCRIMINABILITY_REPEATS)]
+            rewards.append([float(r.segments[0]["reward"]) if r.segments else 0.0 for r in runs])
+        gap = float(np.mean(rewards[0]) - np.mean(rewards[1]))
+        sd = float(np.sqrt((np.var(rewards[0], ddof=1) + np.var(rewards[1], ddof=1)) / 2.0))
+        gaps.append(gap)
+        effects.append(gap / sd if sd > 0 else (math.inf if gap > 0 else 0.0))
+    d = float(np.median(np.abs(effects)))
+    return {"note": "best vs second-best scenario of each child, "
+                    f"{DISCRIMINABILITY_REPEATS} sessions each; reward units; d = gap / pooled sd",
+            "median_reward_gap": round(float(np.median(gaps)), 4),
+            "median_abs_effect_size_d": round(d, 3),
+            "best_scored_higher_share": _mean([float(g > 0) for g in gaps]),
+            "sessions_of_each_needed": round(15.7 / d ** 2, 1) if d > 0 else None}
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -729,6 +776,8 @@ def summarise(worlds: Mapping[str, World], children: Sequence[Child], sessions_n
         "learned_halts_before_first_reassessment": sum(
             r.halted and r.halt_time_s is not None and r.halt_time_s < reassess_s
             for rs in learned.results.values() for r in rs),
+        "reference_choosers_best_share_last5": {  # same allowed sets as the learner's; hidden knowledge
+            chooser: _mean([float(b) for b in hits]) for chooser, hits in learned.reference_best.items()},
         "mean_intensity_last5": {
             p: _mean([r.mean_intensity for c in children for r in w.results.get(c.index, [])[last:]])
             for p, w in worlds.items()},
@@ -831,6 +880,12 @@ def print_report(result: Mapping[str, Any]) -> None:
     print(f"  (near best in {diagnostics['near_best_share_last5']:.0%}; best and second best within "
           f"{NEAR_BEST_GAP} in {diagnostics['close_call_share_last5']:.0%} of those sessions; mean intensity "
           + ", ".join(f"{p} {v:.2f}" for p, v in diagnostics["mean_intensity_last5"].items()) + ")")
+    references = diagnostics["reference_choosers_best_share_last5"]
+    tell_apart = diagnostics["discriminability"]
+    print(f"  (knowing each child's type would choose the best in {references['knows_type']:.0%}, knowing its "
+          f"feature weights in {references['knows_features']:.0%}; best vs second best: effect size "
+          f"{tell_apart['median_abs_effect_size_d']}, {tell_apart['sessions_of_each_needed']} sessions of each "
+          "to tell them apart)")
     print(f"constraint violations: {result['constraint_violations']}  (probes: {result['probes']})")
     for line in result["violations"]:
         print(f"  {line}")

@@ -69,6 +69,21 @@ def test_tiny_run_reports_the_promised_numbers(bench, capsys):
     assert 0.0 <= result["diagnostics"]["mean_intensity_last5"]["learned"] <= 0.6
 
 
+def test_the_reference_choosers_and_the_discriminability_are_reported(bench, capsys, tmp_path):
+    """Without the per-scenario term, a chooser that knows the child's feature weights always finds the best."""
+    population = tmp_path / "plain.yaml"
+    population.write_text(SMALL + "    idiosyncrasy: 0.0\n    spread: 0.5\n", encoding="utf-8")
+    result = run_json(bench, capsys, "--children", "4", "--sessions", "2", "--seed", "3",
+                      "--population", str(population))
+    references = result["diagnostics"]["reference_choosers_best_share_last5"]
+    assert references["knows_features"] == 1.0
+    assert 0.0 <= references["knows_type"] <= 1.0
+    tell_apart = result["diagnostics"]["discriminability"]
+    assert 0.0 <= tell_apart["best_scored_higher_share"] <= 1.0
+    assert tell_apart["median_abs_effect_size_d"] >= 0.0
+    assert tell_apart["sessions_of_each_needed"] is None or tell_apart["sessions_of_each_needed"] > 0
+
+
 def test_same_seed_same_json_other_seed_other_children(bench, capsys):
     args = ("--children", "3", "--sessions", "2", "--seed", "11", "--json")
     assert bench.main(list(args)) == 0

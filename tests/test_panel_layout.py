@@ -306,6 +306,31 @@ def test_the_start_screen_suggests_a_scenario_says_why_and_leaves_the_choice_to_
     assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": "calm-sea"})
 
 
+def test_start_before_the_suggestion_arrives_leaves_the_choice_to_the_daemon(app):
+    """The pre-selected default is not the operator's choice; a hand pick is, and a late suggestion keeps it."""
+    start = app.screens["start"]
+    app.go("start")
+    start.on_outcome(Outcome("list_profiles", "profiles", True, [{"pseudonym": "otter", "preferred_scenario": None}]),
+                     app)
+    start.on_outcome(Outcome("list_scenarios", "scenarios", True, [
+        {"name": "calm-sea", "default": True}, {"name": "quiet-glow"}]), app)
+    start.pick_profile("otter")  # the suggestion is still on its way
+    idle = PanelState.from_status(status("idle", profile=None))
+    show(app, "start", idle)
+    (go,) = [b for b in start.buttons if b.label == "Start"]
+    go.action()
+    assert start.scenario == "calm-sea"
+    assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": None})
+    start._pick_scenario("calm-sea")  # now the operator's own choice
+    start.on_outcome(Outcome("suggest", "suggest", True, {"profile": "otter", "scenario": "quiet-glow",
+                                                           "chosen_by": "learner", "why": "new"}), app)
+    assert start.scenario == "calm-sea"  # the late suggestion does not undo the hand pick
+    show(app, "start", idle)
+    (go,) = [b for b in start.buttons if b.label == "Start"]
+    go.action()
+    assert app.link.sent[-1] == ("start", {"profile": "otter", "scenario": "calm-sea"})
+
+
 def test_blocked_scenarios_are_approved_behind_the_pin(app):
     settings = app.screens["settings"]
     app.go("settings")

@@ -351,6 +351,8 @@ class StartScreen(Screen):
     the profile's preferred scenario or the learner's choice) and selects it; Start then leaves
     the choice to the daemon, so the learner may switch within the session. Picking another
     scenario by hand is the operator's explicit choice, which the learner never overrides.
+    Until the operator picks one by hand, Start names no scenario, even before the suggestion
+    has arrived: the pre-selected default is a placeholder, not the operator's choice.
     """
 
     name = "start"
@@ -365,6 +367,7 @@ class StartScreen(Screen):
         self.pages = {"profiles": 0, "scenarios": 0}
         self.loading = False
         self.suggestion: Optional[dict] = None  # the daemon's plan for the picked child
+        self.hand_picked = False  # the operator chose the scenario since picking the child
         self._host: Optional[Host] = None
 
     def on_enter(self, host: Host) -> None:
@@ -384,7 +387,7 @@ class StartScreen(Screen):
                     self.scenario = next((s["name"] for s in self.scenarios if s.get("default")), None)
         elif outcome.tag == "suggest" and outcome.ok and outcome.result.get("profile") == self.profile:
             self.suggestion = dict(outcome.result)
-            if any(s["name"] == self.suggestion["scenario"] for s in self.scenarios):
+            if not self.hand_picked and any(s["name"] == self.suggestion["scenario"] for s in self.scenarios):
                 self.scenario = self.suggestion["scenario"]
         elif outcome.tag == "start" and outcome.ok:
             host.notice(f"Session started for {outcome.result['profile']} ({outcome.result['scenario']})", GO_GREEN)
@@ -393,6 +396,7 @@ class StartScreen(Screen):
     def pick_profile(self, pseudonym: str) -> None:
         self.profile = pseudonym
         self.suggestion = None
+        self.hand_picked = False
         preferred = next((p.get("preferred_scenario") for p in self.profiles if p["pseudonym"] == pseudonym), None)
         if preferred and any(s["name"] == preferred for s in self.scenarios):
             self.scenario = preferred
@@ -402,6 +406,10 @@ class StartScreen(Screen):
     def following_suggestion(self) -> bool:
         """The selected scenario is the daemon's suggestion (Start then names none)."""
         return self.suggestion is not None and self.scenario == self.suggestion["scenario"]
+
+    def scenario_to_send(self) -> Optional[str]:
+        """What Start names: the operator's own pick, or None to leave it to the daemon."""
+        return self.scenario if self.hand_picked and not self.following_suggestion() else None
 
     def taken(self) -> set[str]:
         return {p["pseudonym"] for p in self.profiles}
@@ -445,13 +453,14 @@ class StartScreen(Screen):
         ready = self.profile is not None and self.scenario is not None and state.state == "idle"
         self.buttons.append(Button(pygame.Rect(318, 404, 298, 70), "Start",
                                    lambda: host.send("start", tag="start", profile=self.profile,
-                                                     scenario=None if self.following_suggestion() else self.scenario),
+                                                     scenario=self.scenario_to_send()),
                                    GO_GREEN, enabled=ready, text_size=40))
         for button in self.buttons:
             button.draw(painter)
 
     def _pick_scenario(self, name: str) -> None:
         self.scenario = name
+        self.hand_picked = True
 
     def _column(self, painter: Painter, title: str, key: str, names: list[str], selected: Optional[str],
                 pick: Callable[[str], None], x: int) -> None:
