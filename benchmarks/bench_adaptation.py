@@ -163,6 +163,7 @@ NEAR_BEST_GAP = 0.25  # diagnostics only: a choice within this affinity of the b
 PROBE_EVERY = 10
 DISCRIMINABILITY_REPEATS = 8  # sessions of each of a child's two best scenarios (diagnostics only)
 DISCRIMINABILITY_OFFSET = 10_000  # their draws' session numbers, apart from the simulated sessions'
+POWER_FACTOR = 2.0 * (1.96 + 0.84) ** 2  # sessions per arm = this / d**2: two-sided 5%, power 80%
 ESTOP_PROBE_S, ESTOP_RESUME_AT_S, ESTOP_RESET_AT_S = 20.0, 5.0, 10.0
 TARGET_RATIO = 0.7
 TARGET_BEST_SHARE = 0.8
@@ -302,9 +303,9 @@ class Child:
     index: int
     kind: ChildType
     profile: ChildProfile
+    weights: tuple[float, ...]  # w, FEATURE_KEYS order (the reference choosers of the diagnostics)
     base_affinity: Mapping[str, float]  # w . features + e, before boredom
     excluded: frozenset[str]
-    weights: tuple[float, ...] = ()  # w, FEATURE_KEYS order (the reference choosers of the diagnostics)
 
     @property
     def pseudonym(self) -> str:
@@ -338,7 +339,7 @@ def make_children(population: Population, scenarios: Mapping[str, Scenario], n: 
             else frozenset()
         cap = float(population.intensity_caps[int(rng.integers(len(population.intensity_caps)))])
         profile = ChildProfile(f"sim{seed}-{i:02d}", intensity_cap=cap, start_intensity=min(0.3, cap))
-        children.append(Child(i, kind, profile, MappingProxyType(affinity), excluded, tuple(map(float, weights))))
+        children.append(Child(i, kind, profile, tuple(map(float, weights)), MappingProxyType(affinity), excluded))
     return children
 
 
@@ -676,7 +677,7 @@ def discriminability(settings: ControllerSettings, scenarios: Mapping[str, Scena
     ``DISCRIMINABILITY_REPEATS`` times each, with fresh draws, at a late session (habituated
     like the last five), without switching. The gap of the mean rewards, in units of the
     pooled sd, says how many sessions of EACH a learner would need before the two can be told
-    apart (two-sided 5%, power 80%: 15.7 / d**2); a learner has about five per child in all.
+    apart (two-sided 5%, power 80%: ``POWER_FACTOR`` / d**2, about 15.7 / d**2); a learner has about five per child in all.
     """
     session = max(0, sessions_n - 3)
     effects, gaps = [], []
@@ -699,7 +700,7 @@ def discriminability(settings: ControllerSettings, scenarios: Mapping[str, Scena
             "median_reward_gap": round(float(np.median(gaps)), 4),
             "median_abs_effect_size_d": round(d, 3),
             "best_scored_higher_share": _mean([float(g > 0) for g in gaps]),
-            "sessions_of_each_needed": round(15.7 / d ** 2, 1) if d > 0 else None}
+            "sessions_of_each_needed": round(POWER_FACTOR / d ** 2, 1) if d > 0 else None}
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
