@@ -200,6 +200,8 @@ def training_record(settings: ExportSettings, state: dict[str, Any], model: kera
     for key in ("epochs_done", "best_epoch", "train_counts", "finetune", "init_from"):
         if key in state:
             record[key] = state[key]
+    if Path(settings.checkpoint).name == "average.keras" and "average" in state:
+        record["average"] = state["average"]  # the weights are a mean of epochs, not one epoch
     if state.get("command"):
         record["train_command"] = state["command"]
     if calibration_images:

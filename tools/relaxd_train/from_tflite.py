@@ -118,6 +118,7 @@ def recalibrate_batchnorm(model: Any, folded_bias: dict[str, np.ndarray], calibr
     outputs = probe.predict(calibration, batch_size=256, verbose=0)
     for name, out in zip(folded_bias, outputs):
         bn = model.get_layer(f"{name}_bn")
+        out = np.asarray(out, dtype=np.float64)  # a bfloat16 sum over ~10^6 values is noise
         mean = out.mean(axis=(0, 1, 2))
         var = out.var(axis=(0, 1, 2))
         scale = np.sqrt(var + bn.epsilon)

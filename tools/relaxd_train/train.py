@@ -17,10 +17,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from relaxd.vision.model_meta import FER2013_LABELS
 from relaxd.vision.preprocess import PreprocessSpec
 from relaxd_train.augment import AugmentSettings, build_augmenter
 from relaxd_train.data import DataError, Dataset
@@ -38,12 +39,17 @@ class TrainSettings:
     weight_decay: float = 5e-4
     warmup_epochs: int = 2
     label_smoothing: float = 0.1
+    group_loss_weight: float = 0.0  # adds this x the cross-entropy of the chair's three groups (losses.py)
     class_weighting: str = "sqrt"
     mixup_alpha: float = 0.0  # e.g. 0.2: blend pairs of faces and their labels (Zhang et al.)
     # Warm restarts: AdamW's first, normalised steps move every weight of a trained network and cost
     # about 2 points of FER val in the first epoch; SGD with momentum and frozen BatchNorm keep it.
     optimizer: str = "adamw"
     freeze_batchnorm: bool = False  # BatchNorm layers keep their statistics and scale (inference mode)
+    # Stochastic weight averaging: from this epoch on (0: off) each epoch's weights join a running
+    # mean (RUN/average.keras), and the learning rate stays constant after the warm-up.
+    average_from_epoch: int = 0
+    precision: str = "float32"  # or "bfloat16": mixed precision, ~1.7x faster on a CPU with AVX512-BF16
     seed: int = 1
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -80,6 +86,8 @@ def class_weights(labels: np.ndarray, classes: int, method: str) -> np.ndarray:
 def make_dataset(data: Dataset, settings: TrainSettings, training: bool, weights: np.ndarray | None = None):
     import tensorflow as tf
 
+    from relaxd_train.architectures import precision
+
     classes = len(data.label_names)
     onehot = np.eye(classes, dtype=np.float32)[data.labels]
     if training:
@@ -88,7 +96,8 @@ def make_dataset(data: Dataset, settings: TrainSettings, training: bool, weights
         ds = ds.shuffle(len(data), seed=settings.seed, reshuffle_each_iteration=True)
         ds = ds.batch(settings.batch_size, drop_remainder=True)
         value_range = (0.0, 1.0) if settings.preprocess.normalisation == "unit" else (-1.0, 1.0)
-        augment = build_augmenter(settings.augment, value_range)
+        with precision("float32"):  # images stay float32 in the pipeline; the model casts them
+            augment = build_augmenter(settings.augment, value_range)
         ds = ds.map(lambda x, y, w: (augment(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
         if settings.mixup_alpha:
             ds = ds.map(lambda x, y, w: mixup(x, y, w, settings.mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
@@ -121,15 +130,18 @@ def freeze_batchnorm(model) -> None:
             layer.trainable = False
 
 
-def compile_model(model, settings: TrainSettings, steps_per_epoch: int) -> None:
+def compile_model(model, settings: TrainSettings, steps_per_epoch: int,
+                  labels: Sequence[str] = FER2013_LABELS) -> None:
     import keras
+
+    from relaxd_train.losses import GroupedCrossentropy, group_matrix
 
     total = settings.epochs * steps_per_epoch
     warmup = min(settings.warmup_epochs * steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=settings.learning_rate * 0.1,
         decay_steps=max(1, total - warmup),
-        alpha=0.01,
+        alpha=1.0 if settings.average_from_epoch else 0.01,  # alpha 1: no decay, constant after warm-up
         warmup_target=settings.learning_rate,
         warmup_steps=warmup,
     )
@@ -142,13 +154,31 @@ def compile_model(model, settings: TrainSettings, steps_per_epoch: int) -> None:
                  else keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay))
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        loss=GroupedCrossentropy(group_matrix(labels), settings.group_loss_weight, settings.label_smoothing),
         metrics=["accuracy"],
     )
 
 
-def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, Any]):
-    """A Keras callback that saves last/best each epoch, writes state + history, prints ETA."""
+def update_average(run_dir: Path, settings: TrainSettings, model: Any, calibration: np.ndarray,
+                   val_data: Dataset) -> dict[str, Any]:
+    """Add ``model``'s weights to the run's average; save it as ``average.keras``; its val figures."""
+    from relaxd_train.averaging import WeightAverage, averaged_model
+
+    average = WeightAverage.load(run_dir / "average.npz")
+    average.add(model.get_weights())
+    average.save(run_dir / "average.npz")
+    mean_model = averaged_model(settings.arch, settings.preprocess.input_size, len(val_data.label_names),
+                                average, calibration)
+    predictions = mean_model.predict(val_data.images, batch_size=256, verbose=0).argmax(axis=1)
+    mean_model.save(run_dir / "average.keras")
+    return {"from_epoch": settings.average_from_epoch, "epochs": average.count,
+            "val_accuracy": float((predictions == val_data.labels).mean())}
+
+
+def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, Any],
+                      calibration: np.ndarray | None = None, val_data: Dataset | None = None):
+    """A Keras callback that saves last/best each epoch (and the weight average when it is on),
+    writes state + history, prints ETA."""
     import keras
 
     class ProgressAndCheckpoint(keras.callbacks.Callback):
@@ -165,6 +195,10 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
                 state["best_val_accuracy"] = val_acc
                 state["best_epoch"] = done
                 self.model.save(run_dir / "best.keras")
+            average_note = ""
+            if settings.average_from_epoch and done >= settings.average_from_epoch and calibration is not None:
+                state["average"] = update_average(run_dir, settings, self.model, calibration, val_data)
+                average_note = f"  average of {state['average']['epochs']}: val_acc {state['average']['val_accuracy']:.4f}"
             state["epochs_done"] = done
             (run_dir / "state.json").write_text(json.dumps(state, indent=2))
             history = run_dir / "history.csv"
@@ -181,7 +215,7 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
             print(
                 f"epoch {done}/{settings.epochs}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
                 f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {val_acc:.4f}"
-                f"  best {state['best_val_accuracy']:.4f}@{state['best_epoch']}"
+                f"  best {state['best_val_accuracy']:.4f}@{state['best_epoch']}{average_note}"
                 f"  {per_epoch:.0f}s/epoch  ETA {eta / 60:.1f} min",
                 flush=True,
             )
@@ -206,6 +240,10 @@ def checkpoint_epoch(state: dict[str, Any], checkpoint: Path) -> str:
     done = state.get("epochs_done", 0)
     if checkpoint.name == "best.keras":
         return f"best.keras = epoch {state.get('best_epoch', '?')} of {planned}"
+    if checkpoint.name == "average.keras" and "average" in state:
+        average = state["average"]
+        last = average["from_epoch"] + average["epochs"] - 1
+        return f"average.keras = mean of epochs {average['from_epoch']}-{last} of {planned}"
     if checkpoint.name == "last.keras":
         stopped = " (stopped there)" if isinstance(planned, int) and done < planned else ""
         return f"last.keras = epoch {done} of {planned}{stopped}"
@@ -245,9 +283,7 @@ def warm_start(checkpoint: Path, settings: TrainSettings, train_data: Dataset) -
     if checkpoint.suffix == ".tflite":
         from relaxd_train.from_tflite import keras_from_tflite
 
-        rng = np.random.default_rng(settings.seed)
-        sample = rng.choice(len(train_data), size=min(4000, len(train_data)), replace=False)
-        return keras_from_tflite(checkpoint, train_data.images[np.sort(sample)])
+        return keras_from_tflite(checkpoint, calibration_sample(train_data, settings.seed))
     model = load_checkpoint(checkpoint)
     if model.name != settings.arch:
         raise DataError(f"--init-from {checkpoint} is a {model.name!r} model, not {settings.arch!r}: "
@@ -258,9 +294,27 @@ def warm_start(checkpoint: Path, settings: TrainSettings, train_data: Dataset) -
     return model, read_run_state(checkpoint)
 
 
+def calibration_sample(data: Dataset, seed: int, count: int = 4000) -> np.ndarray:
+    """A seeded sample of un-augmented training faces, for BatchNorm statistics."""
+    rng = np.random.default_rng(seed)
+    return data.images[np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))]
+
+
 def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
           resume: bool = False, command: str = "", init_from: Path | None = None) -> dict[str, Any]:
     """Train (or resume) a model, from scratch or from ``init_from``'s weights; return the final state."""
+    from relaxd_train.architectures import precision
+
+    state_file = run_dir / "state.json"
+    resuming = resume and state_file.exists() and (run_dir / "last.keras").exists()
+    if resuming:  # a resumed run keeps its own settings, precision included
+        settings = TrainSettings.from_dict(json.loads(state_file.read_text())["settings"])
+    with precision(settings.precision):
+        return train_under_policy(train_data, val_data, settings, run_dir, resume, resuming, command, init_from)
+
+
+def train_under_policy(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
+                       resume: bool, resuming: bool, command: str, init_from: Path | None) -> dict[str, Any]:
     import keras
 
     from relaxd_train.architectures import build
@@ -268,9 +322,10 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
     run_dir.mkdir(parents=True, exist_ok=True)
     state_file = run_dir / "state.json"
     keras.utils.set_random_seed(settings.seed)
-    if resume and state_file.exists() and (run_dir / "last.keras").exists():
+    if resuming:
+        import relaxd_train.losses  # noqa: F401  (registers the loss the checkpoint names)
+
         state = json.loads(state_file.read_text())
-        settings = TrainSettings.from_dict(state["settings"])
         model = keras.models.load_model(run_dir / "last.keras")
         print(f"resuming {run_dir} after epoch {state['epochs_done']}", flush=True)
     else:
@@ -284,7 +339,7 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
             model, base_state = warm_start(init_from, settings, train_data)
         else:
             model = build(settings.arch, settings.preprocess.input_size, len(train_data.label_names))
-        compile_model(model, settings, len(train_data) // settings.batch_size)
+        compile_model(model, settings, len(train_data) // settings.batch_size, train_data.label_names)
         state = new_run_state(settings, train_data, val_data, model,
                               chained_command(base_state, command, init_from))
         if init_from is not None:
@@ -302,7 +357,8 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
         validation_data=make_dataset(val_data, settings, training=False),
         epochs=settings.epochs,
         initial_epoch=state["epochs_done"],
-        callbacks=[progress_callback(run_dir, settings, state)],
+        callbacks=[progress_callback(run_dir, settings, state, calibration_sample(train_data, settings.seed),
+                                     val_data)],
         verbose=0,
     )
     return state
