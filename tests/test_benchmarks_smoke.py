@@ -195,3 +195,14 @@ def test_fleet_benchmark_delivers_every_alert_once_and_measures_the_added_cpu(ca
     assert result["alerts_received"] == result["alerts_raised"] and result["duplicates"] == 0
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
     assert set(result["added_cpu_share_of_one_core"]) == {"mean", "max"}
+
+
+@pytest.mark.slow
+def test_training_precision_benchmark_times_both_precisions(capsys):
+    bench = load_benchmark("bench_train_precision")
+    assert bench.main(["--batch-size", "4", "--batches", "1", "--rounds", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["float32_ms_per_image"] > 0 and result["bfloat16_ms_per_image"] > 0
+    assert result["bfloat16_speedup"] == pytest.approx(result["float32_ms_per_image"] / result["bfloat16_ms_per_image"])
+    import keras
+    assert keras.config.dtype_policy().name == "float32"  # the benchmark leaves the policy as it found it

@@ -21,15 +21,7 @@ import pytest
 from relaxd.vision.model_meta import FER2013_LABELS, load_metadata
 from relaxd_train.averaging import WeightAverage, recalibrate_batchnorm
 from relaxd_train.cli import main
-from test_train_tool import ALIASES, write_class_folders
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    write_class_folders(root / "train", ALIASES, per_class=6, seed=1)
-    write_class_folders(root / "val", FER2013_LABELS, per_class=2, seed=2)
-    return root
+from test_train_tool import split_data  # noqa: F401  (the drawn-shapes data, a fixture)
 
 
 def test_the_average_is_the_mean_of_what_was_added_and_survives_a_restart(tmp_path):
@@ -68,11 +60,11 @@ def test_batchnorm_is_set_to_the_statistics_of_its_input():
 
 
 @pytest.mark.slow
-def test_a_bfloat16_run_with_averaging_exports_a_float32_model_of_the_mean_weights(shapes, tmp_path):
+def test_a_bfloat16_run_with_averaging_exports_a_float32_model_of_the_mean_weights(split_data, tmp_path):
     import keras
 
     run = tmp_path / "swa"
-    assert main(["train", "--data", str(shapes), "--out", str(run), "--epochs", "2", "--batch-size", "8",
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--epochs", "2", "--batch-size", "8",
                  "--precision", "bfloat16", "--average-from-epoch", "1", "--aug-erasing-probability", "0"]) == 0
     assert keras.config.dtype_policy().name == "float32"  # the run's policy does not leak out
     state = json.loads((run / "state.json").read_text())
@@ -90,20 +82,20 @@ def test_a_bfloat16_run_with_averaging_exports_a_float32_model_of_the_mean_weigh
     assert not np.allclose(kernel, last_kernel), "the average is the last epoch's weights, not a mean"
 
     out = tmp_path / "averaged.tflite"
-    assert main(["export", "--checkpoint", str(run / "average.keras"), "--data", str(shapes), "--out", str(out),
+    assert main(["export", "--checkpoint", str(run / "average.keras"), "--data", str(split_data), "--out", str(out),
                  "--representative", "20", "--max-loss", "100", "--latency-runs", "3"]) == 0
     meta = load_metadata(out)
     assert meta.training["average"] == state["average"]
 
 
 @pytest.mark.slow
-def test_a_bfloat16_checkpoint_exports_as_float32(shapes, tmp_path):
+def test_a_bfloat16_checkpoint_exports_as_float32(split_data, tmp_path):
     import keras
 
     from relaxd_train.architectures import load_checkpoint, precision
 
     run = tmp_path / "bf16"
-    assert main(["train", "--data", str(shapes), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--epochs", "1", "--batch-size", "8",
                  "--precision", "bfloat16", "--no-augment"]) == 0
     trained = keras.models.load_model(run / "best.keras")
     loaded = load_checkpoint(run / "best.keras")
@@ -114,8 +106,8 @@ def test_a_bfloat16_checkpoint_exports_as_float32(shapes, tmp_path):
         assert load_checkpoint(run / "best.keras").get_layer("b1c1_conv").dtype_policy.name == "mixed_bfloat16"
 
 
-def test_averaging_outside_the_run_is_refused_with_the_fix(shapes, tmp_path, capsys):
-    assert main(["train", "--data", str(shapes), "--out", str(tmp_path / "r"), "--epochs", "2",
+def test_averaging_outside_the_run_is_refused_with_the_fix(split_data, tmp_path, capsys):
+    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "r"), "--epochs", "2",
                  "--average-from-epoch", "3"]) == 2
     err = capsys.readouterr().err
     assert "--average-from-epoch" in err and "1..2" in err and "Traceback" not in err
@@ -148,21 +140,29 @@ def test_a_label_outside_every_group_is_named():
 
 
 @pytest.mark.slow
-def test_a_run_with_the_group_loss_resumes_and_exports(shapes, tmp_path):
+def test_a_run_with_the_group_loss_resumes_and_exports(split_data, tmp_path):
     run = tmp_path / "grouped"
-    assert main(["train", "--data", str(shapes), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--epochs", "1", "--batch-size", "8",
                  "--group-loss-weight", "1.5", "--no-augment"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert state["settings"]["group_loss_weight"] == 1.5
     state["settings"]["epochs"] = 2  # as if interrupted: the resumed run rebuilds the saved loss
     (run / "state.json").write_text(json.dumps(state))
-    assert main(["train", "--data", str(shapes), "--out", str(run), "--resume"]) == 0
+    assert main(["train", "--data", str(split_data), "--out", str(run), "--resume"]) == 0
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 2
-    assert main(["export", "--checkpoint", str(run / "last.keras"), "--data", str(shapes),
+    assert main(["export", "--checkpoint", str(run / "last.keras"), "--data", str(split_data),
                  "--out", str(tmp_path / "g.tflite"), "--representative", "20", "--max-loss", "100",
                  "--latency-runs", "3"]) == 0
 
 
-def test_a_negative_group_loss_weight_is_refused(shapes, tmp_path, capsys):
-    assert main(["train", "--data", str(shapes), "--out", str(tmp_path / "r"), "--group-loss-weight", "-1"]) == 2
+def test_a_negative_group_loss_weight_is_refused(split_data, tmp_path, capsys):
+    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "r"), "--group-loss-weight", "-1"]) == 2
     assert "--group-loss-weight" in capsys.readouterr().err
+
+
+def test_the_model_card_says_when_the_weights_are_an_average():
+    from relaxd_train.card import checkpoint_note
+
+    assert checkpoint_note({"best_epoch": 5, "epochs_done": 6}) == "checkpoint selected by val accuracy (epoch 5 of 6)"
+    note = checkpoint_note({"best_epoch": 2, "epochs_done": 14, "average": {"from_epoch": 3, "epochs": 12}})
+    assert note.startswith("weights averaged over epochs 3-14 of 14")

@@ -103,6 +103,16 @@ def report_row(report: Mapping[str, Any]) -> str:
             f"{pct(neg.get('negative_recall'))} | {pct(pos.get('accuracy_3'))} | {pct(pos.get('negative_recall'))} |")
 
 
+def checkpoint_note(training: Mapping[str, Any]) -> str:
+    """Which weights were exported: one epoch chosen on val, or the mean of several (SWA)."""
+    average = training.get("average")
+    if average:
+        last = average["from_epoch"] + average["epochs"] - 1
+        return (f"weights averaged over epochs {average['from_epoch']}-{last} of {training.get('epochs_done')} "
+                f"(stochastic weight averaging, BatchNorm re-measured on training faces)")
+    return f"checkpoint selected by val accuracy (epoch {training.get('best_epoch')} of {training.get('epochs_done')})"
+
+
 def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str, Any] | None = None,
                 other_reports: list[tuple[str, Mapping[str, Any]]] = ()) -> str:
     m, t = meta.metrics, meta.training
@@ -123,7 +133,7 @@ def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str
         "",
         f"Trained on `{t.get('data')}` (train split only: "
         + ", ".join(f"{k} {v}" for k, v in (t.get("train_counts") or {}).items())
-        + f"), checkpoint selected by val accuracy (epoch {t.get('best_epoch')} of {t.get('epochs_done')}), "
+        + f"), {checkpoint_note(t)}, "
         f"seed {t.get('seed')}, TensorFlow {t.get('tensorflow')}. The int8 ranges were calibrated on "
         f"{(t.get('representative') or {}).get('images', '?')} training images. Nothing was tuned on any "
         "split but val; the FER2013 PrivateTest split and the children's set were never seen.",
