@@ -165,4 +165,6 @@ def test_the_model_card_says_when_the_weights_are_an_average():
 
     assert checkpoint_note({"best_epoch": 5, "epochs_done": 6}) == "checkpoint selected by val accuracy (epoch 5 of 6)"
     note = checkpoint_note({"best_epoch": 2, "epochs_done": 14, "average": {"from_epoch": 3, "epochs": 12}})
-    assert note.startswith("weights averaged over epochs 3-14 of 14")
+    assert note.startswith("weights averaged over epochs 3-14 of 14 (")
+    stopped = checkpoint_note({"epochs": 12, "epochs_done": 7, "average": {"from_epoch": 1, "epochs": 7}})
+    assert stopped.startswith("weights averaged over epochs 1-7 of 7, stopped there of 12 planned")

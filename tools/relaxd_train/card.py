@@ -108,20 +108,25 @@ def checkpoint_note(training: Mapping[str, Any]) -> str:
     average = training.get("average")
     if average:
         last = average["from_epoch"] + average["epochs"] - 1
-        return (f"weights averaged over epochs {average['from_epoch']}-{last} of {training.get('epochs_done')} "
-                f"(stochastic weight averaging, BatchNorm re-measured on training faces)")
+        planned = training.get("epochs")
+        stopped = f", stopped there of {planned} planned" if planned and planned != training.get("epochs_done") else ""
+        return (f"weights averaged over epochs {average['from_epoch']}-{last} of {training.get('epochs_done')}"
+                f"{stopped} (stochastic weight averaging, BatchNorm re-measured on training faces)")
     return f"checkpoint selected by val accuracy (epoch {training.get('best_epoch')} of {training.get('epochs_done')})"
 
 
 def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str, Any] | None = None,
-                other_reports: list[tuple[str, Mapping[str, Any]]] = ()) -> str:
+                other_reports: list[tuple[str, Mapping[str, Any]]] = (), default: bool = True) -> str:
     m, t = meta.metrics, meta.training
     groups = "; ".join(f"{g}: {', '.join(meta.groups[g])}" for g in ("negative", "neutral", "positive"))
     lines = [
         f"# Model card: {meta.name} {meta.version}",
         "",
-        f"The emotion model the chair runs by default (`models/{model_file}`, metadata in "
-        f"`models/{Path(model_file).with_suffix('.json').name}`). It classifies one grayscale face crop into "
+        (f"The emotion model the chair runs by default (`models/{model_file}`, metadata in "
+         if default else
+         f"A candidate emotion model, not the chair's default (`models/DEFAULT` names that one); set "
+         f"`classifier.model` to run it (`models/{model_file}`, metadata in ")
+        + f"`models/{Path(model_file).with_suffix('.json').name}`). It classifies one grayscale face crop into "
         f"{len(meta.labels)} FER2013 classes; the daemon groups them as {groups}.",
         "",
         "## How it was made",
@@ -131,7 +136,7 @@ def render_card(meta: ModelMetadata, model_file: str, detect_report: Mapping[str
         str(t.get("command", "")),
         "```",
         "",
-        f"Trained on `{t.get('data')}` (train split only: "
+        f"Trained on `{t.get('train_source') or t.get('data')}` (train split only: "
         + ", ".join(f"{k} {v}" for k, v in (t.get("train_counts") or {}).items())
         + f"), {checkpoint_note(t)}, "
         f"seed {t.get('seed')}, TensorFlow {t.get('tensorflow')}. The int8 ranges were calibrated on "

@@ -354,7 +354,9 @@ def run_card(args: argparse.Namespace) -> int:
     for path in args.report:
         other = json.loads(path.read_text())
         others.append((other.get("command", f"evaluate ... > {path}"), other))
-    out.write_text(render_card(meta, args.model.name, report, others), encoding="utf-8")
+    pointer = args.model.parent / "DEFAULT"
+    default = not pointer.is_file() or pointer.read_text().strip() == args.model.name
+    out.write_text(render_card(meta, args.model.name, report, others, default), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

@@ -197,7 +197,7 @@ def training_record(settings: ExportSettings, state: dict[str, Any], model: kera
     for key in ("epochs", "seed"):
         if key in run:
             record[key] = run[key]
-    for key in ("epochs_done", "best_epoch", "train_counts", "finetune", "init_from"):
+    for key in ("epochs_done", "best_epoch", "train_counts", "train_source", "finetune", "init_from"):
         if key in state:
             record[key] = state[key]
     if Path(settings.checkpoint).name == "average.keras" and "average" in state:
