@@ -708,21 +708,33 @@ def test_finetune_with_face_detection_reports_photos_without_faces(trained_run, 
 
 # -- the shipped model against its model card ------------------------------------------------
 
+SHIPPED_MODELS = sorted(path.name for path in (REPO / "models").glob("*.tflite"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_VAL.is_dir(), reason=f"FER2013 val not present at {SHARED_VAL}")
-def test_shipped_model_matches_its_model_card():
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_model_matches_its_model_card(name):
+    """Every model in models/ (the default and any candidate) scores on val what its card states:
+    7-class, and the chair's own decision (3-class and negative recall at the shipped weight)."""
     from relaxd_train.evaluate import evaluate_model
 
-    pointer = REPO / "models" / "DEFAULT"
-    if not pointer.is_file():
-        pytest.skip("models/DEFAULT does not exist yet (no model shipped)")
-    model = REPO / "models" / pointer.read_text().strip()
-    claimed = load_metadata(model).metrics["val_accuracy_7_int8"]
+    model = REPO / "models" / name
+    meta = load_metadata(model)
+    claimed = meta.metrics["val_accuracy_7_int8"]
+    chosen = next(p for p in meta.decision["sweep"] if p["weight"] == meta.negative_weight)
     card = (model.parent / f"{model.stem}.md").read_text(encoding="utf-8")
     assert f"{100 * claimed:.1f}%" in card, f"the model card {model.stem}.md does not state {100 * claimed:.1f}%"
+    assert f"| {100 * chosen['accuracy_3']:.1f}% | {100 * chosen['negative_recall']:.1f}% |" in card
     report = evaluate_model(model, SHARED_VAL, "val")
     assert report["n"] == 3589
     assert abs(report["accuracy_7"] - claimed) <= 0.005
+    assert abs(report["accuracy_3"] - chosen["accuracy_3"]) <= 0.005
+    assert abs(report["negative_recall"] - chosen["negative_recall"]) <= 0.005
+
+
+def test_models_default_names_a_shipped_model():
+    assert (REPO / "models" / "DEFAULT").read_text().strip() in SHIPPED_MODELS
 
 
 def test_model_card_renders_every_measured_figure():

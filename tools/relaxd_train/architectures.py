@@ -209,7 +209,8 @@ def precision(name: str) -> Iterator[None]:
     """Build and train under ``name``'s dtype policy, then restore the previous one.
 
     ``bfloat16`` computes in bfloat16 with float32 weights (Keras mixed precision):
-    about 1.7x faster per epoch on a CPU with AVX512-BF16 and the same weights to export.
+    about 1.9x faster per training step on a CPU with AVX512-BF16 (benchmarks/bench_train_precision.py),
+    and the same weights to export.
     """
     import keras
 

@@ -71,7 +71,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "RUN/average.keras (BatchNorm re-measured; val printed) at a constant learning rate "
                         "after the warm-up (0: off)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=defaults.precision,
-                   help="bfloat16: mixed precision, about 1.7x faster per epoch on a CPU with AVX512-BF16; "
+                   help="bfloat16: mixed precision, about 1.9x faster per training step on a CPU with AVX512-BF16 "
+                        "(benchmarks/bench_train_precision.py); "
                         "checkpoints export as float32 either way")
     p.add_argument("--mixup-alpha", type=float, default=defaults.mixup_alpha,
                    help="blend pairs of training faces and labels, Beta(alpha, alpha) (0: off; try 0.2)")
