@@ -206,3 +206,17 @@ def test_training_precision_benchmark_times_both_precisions(capsys):
     assert result["bfloat16_speedup"] == pytest.approx(result["float32_ms_per_image"] / result["bfloat16_ms_per_image"])
     import keras
     assert keras.config.dtype_policy().name == "float32"  # the benchmark leaves the policy as it found it
+
+
+def test_model_latency_benchmark_times_every_model_given(tiny_model, capsys):
+    bench = load_benchmark("bench_model_latency")
+    assert bench.main([str(tiny_model), "--invokes", "5", "--rounds", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == [str(tiny_model)]
+    assert len(result[str(tiny_model)]["rounds_ms"]) == 2 and result[str(tiny_model)]["median_ms"] > 0
+
+
+def test_model_latency_benchmark_names_a_missing_model(tmp_path, capsys):
+    bench = load_benchmark("bench_model_latency")
+    assert bench.main([str(tmp_path / "gone.tflite")]) == 2
+    assert "gone.tflite" in capsys.readouterr().err
