@@ -28,18 +28,19 @@ def test_the_average_is_the_mean_of_what_was_added_and_survives_a_restart(tmp_pa
     rng = np.random.default_rng(0)
     epochs = [[rng.normal(size=(3, 4)), rng.normal(size=5)] for _ in range(4)]
     average = WeightAverage()
-    for weights in epochs[:2]:
-        average.add(weights)
+    for epoch, weights in enumerate(epochs[:2], start=1):
+        average.add(weights, epoch)
     average.save(tmp_path / "average.npz")
     resumed = WeightAverage.load(tmp_path / "average.npz")  # as after an interrupted run
-    for weights in epochs[2:]:
-        resumed.add(weights)
-    assert resumed.count == 4
+    resumed.add(epochs[3], 2)  # epoch 2 trained again after a kill between the average and state.json
+    for epoch, weights in enumerate(epochs[2:], start=3):
+        resumed.add(weights, epoch)
+    assert resumed.count == 4 and resumed.last_epoch == 4
     for index, mean in enumerate(resumed.mean()):
         np.testing.assert_allclose(mean, np.mean([e[index] for e in epochs], axis=0), rtol=1e-6)
     assert WeightAverage.load(tmp_path / "missing.npz").count == 0
     with pytest.raises(ValueError, match="weight arrays"):
-        resumed.add(epochs[0][:1])
+        resumed.add(epochs[0][:1], 5)
 
 
 def test_batchnorm_is_set_to_the_statistics_of_its_input():

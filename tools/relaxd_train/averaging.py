@@ -6,8 +6,9 @@ network generalises better than at any single epoch. It costs no extra training,
 pass over some training faces at the end, because the BatchNorm statistics of the mean
 weights are not the mean of the epochs' statistics and must be measured again.
 
-The running mean is kept as ``RUN/average.npz`` (the sum's count beside the weights),
-so an interrupted run resumes its average too.
+The running mean is kept as ``RUN/average.npz`` (with how many epochs it holds and the
+last of them), so an interrupted run resumes its average too, and an epoch that was
+averaged just before the run was killed is not averaged twice when it is trained again.
 """
 
 from __future__ import annotations
@@ -21,18 +22,22 @@ import numpy as np
 class WeightAverage:
     """The running mean of a model's weights over the epochs added so far."""
 
-    def __init__(self, weights: Sequence[np.ndarray] | None = None, count: int = 0) -> None:
+    def __init__(self, weights: Sequence[np.ndarray] | None = None, count: int = 0, last_epoch: int = 0) -> None:
         self.weights = [np.array(w, dtype=np.float64) for w in weights] if weights is not None else None
         self.count = count
+        self.last_epoch = last_epoch
 
-    def add(self, weights: Sequence[np.ndarray]) -> None:
+    def add(self, weights: Sequence[np.ndarray], epoch: int) -> None:
+        """Add one epoch's weights; an epoch already in the average (a resumed run) is skipped."""
+        if epoch <= self.last_epoch:
+            return
+        if self.weights is not None and len(weights) != len(self.weights):
+            raise ValueError(f"the model has {len(weights)} weight arrays, the average {len(self.weights)}")
+        self.last_epoch = epoch
+        self.count += 1
         if self.weights is None:
             self.weights = [np.array(w, dtype=np.float64) for w in weights]
-            self.count = 1
             return
-        if len(weights) != len(self.weights):
-            raise ValueError(f"the model has {len(weights)} weight arrays, the average {len(self.weights)}")
-        self.count += 1
         for mean, new in zip(self.weights, weights):
             mean += (np.asarray(new, dtype=np.float64) - mean) / self.count
 
@@ -45,7 +50,8 @@ class WeightAverage:
         """Write atomically: a run killed mid-write keeps the previous average."""
         assert self.weights is not None
         partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, count=self.count, **{f"w{i:03d}": w for i, w in enumerate(self.weights)})
+        np.savez(partial, count=self.count, last_epoch=self.last_epoch,
+                 **{f"w{i:03d}": w for i, w in enumerate(self.weights)})
         partial.replace(path)
 
     @classmethod
@@ -54,7 +60,7 @@ class WeightAverage:
             return cls()
         with np.load(path) as data:
             names = sorted(k for k in data.files if k.startswith("w"))
-            return cls([data[k] for k in names], int(data["count"]))
+            return cls([data[k] for k in names], int(data["count"]), int(data["last_epoch"]))
 
 
 def recalibrate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 256) -> None:

@@ -159,13 +159,13 @@ def compile_model(model, settings: TrainSettings, steps_per_epoch: int,
     )
 
 
-def update_average(run_dir: Path, settings: TrainSettings, model: Any, calibration: np.ndarray,
+def update_average(run_dir: Path, settings: TrainSettings, model: Any, epoch: int, calibration: np.ndarray,
                    val_data: Dataset) -> dict[str, Any]:
     """Add ``model``'s weights to the run's average; save it as ``average.keras``; its val figures."""
     from relaxd_train.averaging import WeightAverage, averaged_model
 
     average = WeightAverage.load(run_dir / "average.npz")
-    average.add(model.get_weights())
+    average.add(model.get_weights(), epoch)
     average.save(run_dir / "average.npz")
     mean_model = averaged_model(settings.arch, settings.preprocess.input_size, len(val_data.label_names),
                                 average, calibration)
@@ -197,7 +197,8 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
                 self.model.save(run_dir / "best.keras")
             average_note = ""
             if settings.average_from_epoch and done >= settings.average_from_epoch and calibration is not None:
-                average = state["average"] = update_average(run_dir, settings, self.model, calibration, val_data)
+                average = state["average"] = update_average(run_dir, settings, self.model, done, calibration,
+                                                            val_data)
                 average_note = f"  average of {average['epochs']}: val_acc {average['val_accuracy']:.4f}"
             state["epochs_done"] = done
             (run_dir / "state.json").write_text(json.dumps(state, indent=2))
