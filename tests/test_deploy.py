@@ -315,7 +315,7 @@ def test_wiring_table_names_the_pi_configs_pins() -> None:
 
 DOCUMENTS = (REPO / "README.md", DEPLOY / "TROUBLESHOOTING.md", WIRING)
 NOT_SETTINGS = {"numpy", "health"}  # a numpy error message; a log event's name
-FILE_SUFFIXES = {"py", "md", "yaml", "yml", "json", "tflite", "keras", "service", "sh", "db", "png", "csv", "txt", "xml"}
+FILE_SUFFIXES = {"py", "md", "yaml", "yml", "json", "tflite", "keras", "npz", "service", "sh", "db", "png", "csv", "txt", "xml"}
 
 
 def test_config_keys_named_in_the_documents_exist() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from relaxd.vision.model_meta import FER2013_LABELS, load_metadata
-from relaxd_train.averaging import WeightAverage, recalibrate_batchnorm
+from relaxd_train.averaging import WeightAverage, remeasure_batchnorm
 from relaxd_train.cli import main
 from test_train_tool import split_data  # noqa: F401  (the drawn-shapes data, a fixture)
 
@@ -43,21 +43,38 @@ def test_the_average_is_the_mean_of_what_was_added_and_survives_a_restart(tmp_pa
         resumed.add(epochs[0][:1], 5)
 
 
-def test_batchnorm_is_set_to_the_statistics_of_its_input():
+def test_batchnorm_is_set_to_the_statistics_of_its_input_without_dropout():
     import keras
 
     inputs = keras.Input((6, 6, 2))
-    conv = keras.layers.Conv2D(3, 3, padding="same", name="c")(inputs)
-    bn = keras.layers.BatchNormalization(name="bn")(conv)
+    dropped = keras.layers.Dropout(0.5, name="drop")(inputs)  # as between relaxnet's blocks
+    conv = keras.layers.Conv2D(3, 3, padding="same", name="c")
+    bn = keras.layers.BatchNormalization(name="bn")(conv(dropped))
     model = keras.Model(inputs, bn)
+    conv = conv(inputs)
     images = np.random.default_rng(1).normal(2.0, 3.0, size=(64, 6, 6, 2)).astype(np.float32)
     features = keras.Model(inputs, conv).predict(images, verbose=0)
     layer = model.get_layer("bn")
-    recalibrate_batchnorm(model, images, batch_size=16)  # four equal batches: the mean of means is the mean
+    remeasure_batchnorm(model, images, batch_size=16)  # four equal batches: the mean of means is the mean
     np.testing.assert_allclose(layer.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-4)
     within = np.mean([features[i:i + 16].var(axis=(0, 1, 2)) for i in range(0, 64, 16)], axis=0)
     np.testing.assert_allclose(layer.moving_variance.numpy(), within, rtol=1e-3)
-    assert layer.momentum == 0.99  # restored: training after it behaves as before
+    assert layer.momentum == 0.99 and model.get_layer("drop").rate == 0.5  # restored for training
+
+
+def test_the_calibration_sample_mixes_the_classes():
+    """The data sets list faces class by class; BatchNorm measured on one-class batches misses the
+    variance between classes, so the sample comes in random order."""
+    from relaxd_train.data import Dataset
+    from relaxd_train.train import calibration_sample
+
+    labels = np.repeat(np.arange(7), 1000)  # sorted, as loaded from class folders
+    images = labels.astype(np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1), dtype=np.float32)
+    sample = calibration_sample(Dataset(images, labels, FER2013_LABELS, "sorted"), seed=1)
+    assert len(sample) == 4000
+    first_batch = sample[:256, 0, 0, 0]
+    assert len(np.unique(first_batch)) == 7
+    np.testing.assert_array_equal(sample, calibration_sample(Dataset(images, labels, FER2013_LABELS, "s"), seed=1))
 
 
 @pytest.mark.slow
@@ -156,9 +173,16 @@ def test_a_run_with_the_group_loss_resumes_and_exports(split_data, tmp_path):
                  "--latency-runs", "3"]) == 0
 
 
-def test_a_negative_group_loss_weight_is_refused(split_data, tmp_path, capsys):
-    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "r"), "--group-loss-weight", "-1"]) == 2
+@pytest.mark.parametrize("weight", ["-1", "nan"])
+def test_a_negative_group_loss_weight_is_refused(split_data, tmp_path, capsys, weight):
+    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "r"), "--group-loss-weight", weight]) == 2
     assert "--group-loss-weight" in capsys.readouterr().err
+
+
+def test_averaging_with_frozen_batchnorm_is_refused(split_data, tmp_path, capsys):
+    assert main(["train", "--data", str(split_data), "--out", str(tmp_path / "r"), "--epochs", "2",
+                 "--average-from-epoch", "1", "--freeze-batchnorm"]) == 2
+    assert "--freeze-batchnorm" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_the_model_card_says_when_the_weights_are_an_average():
@@ -166,6 +190,6 @@ def test_the_model_card_says_when_the_weights_are_an_average():
 
     assert checkpoint_note({"best_epoch": 5, "epochs_done": 6}) == "checkpoint selected by val accuracy (epoch 5 of 6)"
     note = checkpoint_note({"best_epoch": 2, "epochs_done": 14, "average": {"from_epoch": 3, "epochs": 12}})
-    assert note.startswith("weights averaged over epochs 3-14 of 14 (")
+    assert note.startswith("weights averaged over epochs 3-14 (14 epochs; ")
     stopped = checkpoint_note({"epochs": 12, "epochs_done": 7, "average": {"from_epoch": 1, "epochs": 7}})
-    assert stopped.startswith("weights averaged over epochs 1-7 of 7, stopped there of 12 planned")
+    assert stopped.startswith("weights averaged over epochs 1-7 (the run stopped after 7 of 12 planned; ")

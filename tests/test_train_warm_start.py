@@ -44,7 +44,7 @@ def test_the_shipped_model_rebuilt_for_bfloat16_training_computes_what_the_float
     """In training mode BatchNorm uses the batch's statistics, so the rebuilt scale and shift must be
     the float32 statistics even when the network computes in bfloat16 (a bfloat16 mean of a million
     values is noise: the first bfloat16 run fell to chance in its first epoch; 16% agreement here).
-    bfloat16 rounding alone leaves about 83%."""
+    bfloat16 rounding and the two passes' own random Dropout leave about 83%."""
     from relaxd_train.architectures import precision
     from relaxd_train.from_tflite import keras_from_tflite
 

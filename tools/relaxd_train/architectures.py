@@ -74,7 +74,7 @@ def dense_head(x: Any, units: tuple[int, ...], classes: int, dropout: float) -> 
         x = layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
         if dropout:
             x = layers.Dropout(dropout, name=f"fc{i + 1}_dropout")(x)
-    return layers.Dense(classes, activation="softmax", name="probabilities")(x)
+    return layers.Dense(classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
 def build_model1(size: int, classes: int) -> keras.Model:
@@ -165,7 +165,8 @@ def build_relaxnet(size: int, classes: int, widths: tuple[int, ...] = RELAXNET_W
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     x = layers.Dropout(0.4, name="fc1_dropout")(x)
-    outputs = layers.Dense(classes, activation="softmax", name="probabilities")(x)
+    # float32 even in a bfloat16 run: probabilities rounded to 3 digits tie and blur the loss
+    outputs = layers.Dense(classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="relaxnet")
 
 

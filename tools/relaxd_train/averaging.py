@@ -63,23 +63,29 @@ class WeightAverage:
             return cls([data[k] for k in names], int(data["count"]), int(data["last_epoch"]))
 
 
-def recalibrate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 256) -> None:
-    """Set every BatchNorm's moving statistics to its input's mean over ``images``.
+def remeasure_batchnorm(model: Any, images: np.ndarray, batch_size: int = 256) -> None:
+    """Set every BatchNorm's moving statistics to the mean of its batch statistics over ``images``.
 
     The network runs in training mode (each BatchNorm normalises with its batch's
     statistics, as while training) with each layer's momentum set so that the moving
-    values become the plain mean over the batches; nothing else changes.
+    values become the plain mean over the batches, and Dropout switched off (it would
+    inflate the variance that reaches the BatchNorm layers after it); nothing else changes.
+    ``images`` must be in random order: one-class batches miss the variance between classes.
     """
     import keras
 
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    saved_rates = [layer.rate for layer in dropouts]
     saved_momentum = [layer.momentum for layer in layers]
     for layer in layers:
         layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, dtype=np.float32))
         layer.moving_variance.assign(np.ones(layer.moving_variance.shape, dtype=np.float32))
     try:
+        for layer in dropouts:
+            layer.rate = 0.0
         for index, start in enumerate(range(0, len(images), batch_size)):
             for layer in layers:  # moving = moving * momentum + batch * (1 - momentum): a running mean
                 layer.momentum = index / (index + 1.0)
@@ -87,6 +93,8 @@ def recalibrate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 256)
     finally:
         for layer, momentum in zip(layers, saved_momentum):
             layer.momentum = momentum
+        for layer, rate in zip(dropouts, saved_rates):
+            layer.rate = rate
 
 
 def averaged_model(arch: str, input_size: int, classes: int, average: WeightAverage,
@@ -97,5 +105,5 @@ def averaged_model(arch: str, input_size: int, classes: int, average: WeightAver
     with precision("float32"):
         model = build(arch, input_size, classes)
         model.set_weights(average.mean())
-        recalibrate_batchnorm(model, calibration)
+        remeasure_batchnorm(model, calibration)
     return model

@@ -109,9 +109,10 @@ def checkpoint_note(training: Mapping[str, Any]) -> str:
     if average:
         last = average["from_epoch"] + average["epochs"] - 1
         planned = training.get("epochs")
-        stopped = f", stopped there of {planned} planned" if planned and planned != training.get("epochs_done") else ""
-        return (f"weights averaged over epochs {average['from_epoch']}-{last} of {training.get('epochs_done')}"
-                f"{stopped} (stochastic weight averaging, BatchNorm re-measured on training faces)")
+        done = training.get("epochs_done")
+        run = f"the run stopped after {done} of {planned} planned" if planned and planned != done else f"{done} epochs"
+        return (f"weights averaged over epochs {average['from_epoch']}-{last} ({run}; stochastic weight "
+                f"averaging, BatchNorm re-measured on training faces)")
     return f"checkpoint selected by val accuracy (epoch {training.get('best_epoch')} of {training.get('epochs_done')})"
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow impo
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from contextlib import redirect_stdout
@@ -136,10 +137,13 @@ def run_train(args: argparse.Namespace) -> int:
         average_from_epoch=args.average_from_epoch, precision=args.precision,
         preprocess=spec, augment=augment,
     )
+    if args.average_from_epoch and args.freeze_batchnorm:
+        raise DataError("--average-from-epoch measures the BatchNorm statistics of the averaged weights again, "
+                        "which --freeze-batchnorm keeps as trained: use one of the two")
     if args.average_from_epoch < 0 or args.average_from_epoch > args.epochs:
         raise DataError(f"--average-from-epoch must be 0 (off) or an epoch of the run (1..{args.epochs}), "
                         f"got {args.average_from_epoch}")
-    if args.group_loss_weight < 0:
+    if not math.isfinite(args.group_loss_weight) or args.group_loss_weight < 0:
         raise DataError(f"--group-loss-weight must be 0 (off) or more, got {args.group_loss_weight:g}")
     if args.extra_repeat < 1:
         raise DataError(f"--extra-repeat must be at least 1, got {args.extra_repeat}")

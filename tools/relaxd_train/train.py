@@ -296,9 +296,13 @@ def warm_start(checkpoint: Path, settings: TrainSettings, train_data: Dataset) -
 
 
 def calibration_sample(data: Dataset, seed: int, count: int = 4000) -> np.ndarray:
-    """A seeded sample of un-augmented training faces, for BatchNorm statistics."""
+    """A seeded sample of un-augmented training faces in random order, for BatchNorm statistics.
+
+    Random order matters: the data sets list their faces class by class, and BatchNorm
+    statistics measured batch by batch on one-class batches miss the variance between classes.
+    """
     rng = np.random.default_rng(seed)
-    return data.images[np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))]
+    return data.images[rng.choice(len(data), size=min(count, len(data)), replace=False)]
 
 
 def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
@@ -311,11 +315,13 @@ def train(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_d
     if resuming:  # a resumed run keeps its own settings, precision included
         settings = TrainSettings.from_dict(json.loads(state_file.read_text())["settings"])
     with precision(settings.precision):
-        return train_under_policy(train_data, val_data, settings, run_dir, resume, resuming, command, init_from)
+        return train_under_policy(train_data, val_data, settings, run_dir, resume, resuming, command,
+                                  init_from)
 
 
 def train_under_policy(train_data: Dataset, val_data: Dataset, settings: TrainSettings, run_dir: Path,
-                       resume: bool, resuming: bool, command: str, init_from: Path | None) -> dict[str, Any]:
+                       resume_requested: bool, resuming: bool, command: str,
+                       init_from: Path | None) -> dict[str, Any]:
     import keras
 
     from relaxd_train.architectures import build
@@ -330,11 +336,13 @@ def train_under_policy(train_data: Dataset, val_data: Dataset, settings: TrainSe
         model = keras.models.load_model(run_dir / "last.keras")
         print(f"resuming {run_dir} after epoch {state['epochs_done']}", flush=True)
     else:
-        if state_file.exists() and not resume:
+        if state_file.exists() and not resume_requested:
             raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --out")
         if len(train_data) < settings.batch_size:
             raise DataError(f"the training split {train_data.source} has {len(train_data)} images, "
                             f"fewer than one batch ({settings.batch_size}): lower --batch-size")
+        for stale in ("average.npz", "average.keras"):  # left by a run killed before its first state.json
+            (run_dir / stale).unlink(missing_ok=True)
         base_state: dict[str, Any] = {}
         if init_from is not None:
             model, base_state = warm_start(init_from, settings, train_data)
