@@ -151,9 +151,10 @@ def test_the_group_loss_adds_the_cross_entropy_of_the_summed_group_probabilities
 
 
 def test_a_label_outside_every_group_is_named():
+    from relaxd.errors import RelaxdError
     from relaxd_train.losses import group_matrix
 
-    with pytest.raises(ValueError, match="contempt"):
+    with pytest.raises(RelaxdError, match="contempt"):
         group_matrix(("happy", "contempt"))
 
 

@@ -51,6 +51,11 @@ class GroupDecision:
                 membership[self.labels.index(label), g] = 1.0
         object.__setattr__(self, "_membership", membership)
 
+    @property
+    def membership(self) -> np.ndarray:
+        """(labels, groups): 1 where a label belongs to a group (``GROUPS`` order), else 0."""
+        return self._membership
+
     @classmethod
     def for_model(cls, metadata: ModelMetadata, negative_weight: float | None = None) -> "GroupDecision":
         """The model's grouping, with its shipped weight unless ``negative_weight`` is given."""

@@ -17,21 +17,14 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from relaxd.vision.model_meta import FER2013_GROUPS
-from relaxd.vocabulary import GROUPS
+from relaxd.vision.decision import GroupDecision
+from relaxd_train.export import groups_for
 
 
-def group_matrix(labels: Sequence[str], groups: dict[str, Sequence[str]] = FER2013_GROUPS) -> np.ndarray:
-    """(labels, 3): 1 where a label belongs to negative, neutral or positive (in ``GROUPS`` order)."""
-    matrix = np.zeros((len(labels), len(GROUPS)), dtype=np.float32)
-    for column, group in enumerate(GROUPS):
-        for label in groups[group]:
-            if label in labels:
-                matrix[list(labels).index(label), column] = 1.0
-    missing = [label for label, row in zip(labels, matrix) if row.sum() != 1.0]
-    if missing:
-        raise ValueError(f"labels {missing} are in no group (or in several): {dict(groups)}")
-    return matrix
+def group_matrix(labels: Sequence[str]) -> np.ndarray:
+    """(labels, 3): the chair's grouping of ``labels`` as the decision itself builds it."""
+    labels = tuple(labels)
+    return GroupDecision(labels, groups_for(labels)).membership.astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="relaxd")

@@ -159,12 +159,11 @@ def compile_model(model, settings: TrainSettings, steps_per_epoch: int,
     )
 
 
-def update_average(run_dir: Path, settings: TrainSettings, model: Any, epoch: int, calibration: np.ndarray,
-                   val_data: Dataset) -> dict[str, Any]:
-    """Add ``model``'s weights to the run's average; save it as ``average.keras``; its val figures."""
-    from relaxd_train.averaging import WeightAverage, averaged_model
+def update_average(run_dir: Path, settings: TrainSettings, average: Any, model: Any, epoch: int,
+                   calibration: np.ndarray, val_data: Dataset) -> dict[str, Any]:
+    """Add ``model``'s weights to the run's ``average``; save it and ``average.keras``; its val figures."""
+    from relaxd_train.averaging import averaged_model
 
-    average = WeightAverage.load(run_dir / "average.npz")
     average.add(model.get_weights(), epoch)
     average.save(run_dir / "average.npz")
     mean_model = averaged_model(settings.arch, settings.preprocess.input_size, len(val_data.label_names),
@@ -183,8 +182,11 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
 
     class ProgressAndCheckpoint(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
+            from relaxd_train.averaging import WeightAverage
+
             self.started = time.monotonic()
             self.first_epoch = state["epochs_done"]
+            self.average = WeightAverage.load(run_dir / "average.npz")  # read once; kept in memory
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -197,8 +199,8 @@ def progress_callback(run_dir: Path, settings: TrainSettings, state: dict[str, A
                 self.model.save(run_dir / "best.keras")
             average_note = ""
             if settings.average_from_epoch and done >= settings.average_from_epoch and calibration is not None:
-                average = state["average"] = update_average(run_dir, settings, self.model, done, calibration,
-                                                            val_data)
+                average = state["average"] = update_average(run_dir, settings, self.average, self.model, done,
+                                                            calibration, val_data)
                 average_note = f"  average of {average['epochs']}: val_acc {average['val_accuracy']:.4f}"
             state["epochs_done"] = done
             (run_dir / "state.json").write_text(json.dumps(state, indent=2))
